@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each creates the virtual environment first when it is missing or pyproject.toml changed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# On these machines torch==2.13.0 is a CPU wheel on local disk; elsewhere pip fetches the build
+# for your platform (CUDA on Linux). Never torchvision: its CPU build breaks torch here.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,17 @@
+"""e5v-search: multimodal vector search with E5-V.
+
+Importing the package stays light (no torch, no transformers): heavy modules load on first use.
+"""
+
+from .errors import E5VSearchError, InputError, ModelLoadError
+
+__version__ = "0.1.0"
+__all__ = ["E5VEncoder", "E5VSearchError", "InputError", "ModelLoadError", "__version__"]
+
+
+def __getattr__(name):
+    if name == "E5VEncoder":
+        from .encoder import E5VEncoder
+
+        return E5VEncoder
+    raise AttributeError(f"module 'e5v_search' has no attribute {name!r}")

@@ -1,0 +1,52 @@
+"""Repairs for E5-V checkpoints written for older transformers (royokong/e5-v is one).
+
+Each repair is applied only when its trap is present, and returns a line saying what it changed,
+so a clean checkpoint is left untouched and a repaired one can say why it needed help.
+"""
+
+from __future__ import annotations
+
+
+def repair(model, processor) -> list[str]:
+    """Make `processor` and the base LlavaNext `model` agree with each other, in place."""
+    config = model.config
+    repairs = []
+    if processor.patch_size is None:
+        processor.patch_size = config.vision_config.patch_size
+        repairs.append(f"processor patch_size set to {processor.patch_size}")
+    if processor.vision_feature_select_strategy is None:
+        strategy = config.vision_feature_select_strategy
+        processor.vision_feature_select_strategy = strategy
+        repairs.append(f"processor vision_feature_select_strategy set to {strategy}")
+    # CLIP prepends a CLS token to every crop; without counting it the processor inserts one
+    # placeholder fewer than the vision tower yields features (2,339 for 2,340).
+    extra = 1 if config.vision_config.model_type == "clip_vision_model" else 0
+    if processor.num_additional_image_tokens != extra:
+        processor.num_additional_image_tokens = extra
+        repairs.append(f"processor num_additional_image_tokens set to {extra}")
+
+    tokenizer = processor.tokenizer
+    # Pooling reads position -1: with right padding, shorter rows would pool a pad token.
+    if tokenizer.padding_side != "left":
+        repairs.append(f"tokenizer padding_side {tokenizer.padding_side!r} -> 'left'")
+        tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        repairs.append("tokenizer had no pad token: using its eos token")
+
+    embeddings = model.get_input_embeddings()
+    rows = embeddings.num_embeddings
+    if len(tokenizer) > rows:
+        # `<image>` (and `<pad>`) ids lie past the table. Image positions are overwritten by
+        # image features and pad positions are masked, so clamping the lookup changes no output
+        # and, unlike resizing the table, copies nothing.
+        embeddings.register_forward_pre_hook(_clamp_ids)
+        repairs.append(
+            f"token ids up to {len(tokenizer) - 1} exceed the {rows}-row embedding table: "
+            "lookups clamped"
+        )
+    return repairs
+
+
+def _clamp_ids(module, args):
+    return (args[0].clamp(max=module.num_embeddings - 1),) + tuple(args[1:])

@@ -1,0 +1,310 @@
+"""E5VEncoder: texts, images and image+text queries to E5-V's unit vectors.
+
+It gives the model card's vectors (same prompts, last-token pooling, L2 norm) while running only
+the base `LlavaNextModel` (no lm_head, no KV cache, no hidden-state list), always padding left,
+batching under a token budget with the longest items first, and repairing legacy checkpoints.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint, prompts
+from .batching import plan_batches
+from .config import DEFAULT_MODEL
+from .errors import InputError, ModelLoadError
+from .images import image_size, load_image
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+PROGRESS_MIN_ITEMS = 64
+_DTYPES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+
+@dataclass
+class _Request:
+    prompt: str
+    n_tokens: int
+    ids: list[int] | None = None  # text-only requests are tokenised once, up front
+    image: Any = None
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype, device: str):
+    """fp16 on a GPU (the model card's dtype), fp32 on a CPU (fp16 matmuls are slow there)."""
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of float16, bfloat16, float32")
+    return getattr(torch, name)
+
+
+class E5VEncoder:
+    """Embeds texts, images and composed image+text queries into E5-V's space.
+
+    Build it with `E5VEncoder.from_pretrained(...)`, or wrap an already loaded model and processor
+    (a `LlavaNextModel`, or a `LlavaNextForConditionalGeneration` whose base model is used).
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        model_id: str = DEFAULT_MODEL,
+        revision: str | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        batch_size: int | None = None,
+    ):
+        self.model = getattr(model, "model", model).eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_id = model_id
+        self.revision = revision
+        self.max_batch_tokens = max_batch_tokens
+        self.batch_size = batch_size
+        self.repairs = checkpoint.repair(self.model, processor)
+        self.context = self.model.config.text_config.max_position_embeddings
+        self._image_prompt_tokens = len(self.tokenizer(prompts.IMAGE_PROMPT).input_ids) - 1
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        revision: str | None = None,
+        device: str | None = "auto",
+        dtype=None,
+        **options,
+    ) -> E5VEncoder:
+        """Load from a hub id or a local directory; `options` go to the constructor."""
+        from transformers import LlavaNextModel, LlavaNextProcessor
+
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        try:
+            # The PIL image backend everywhere: it matches the processor E5-V was trained with,
+            # and a GPU box with torchvision then preprocesses exactly like a laptop without.
+            processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
+            # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B.
+            placement = {} if device == "cpu" else {"device_map": device}
+            with _quiet_transformers():  # its load report lists the lm_head we skip on purpose
+                net, info = LlavaNextModel.from_pretrained(
+                    model,
+                    revision=revision,
+                    dtype=torch_dtype,
+                    output_loading_info=True,
+                    **placement,
+                )
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"cannot load an E5-V model from {model!r}: {error}\n"
+                "Give a hub id (royokong/e5-v) or a local directory with config.json, the "
+                "weights and the processor files."
+            ) from error
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise ModelLoadError(
+                f"{model!r} lacks {len(missing)} weights of a LLaVA-NeXT model "
+                f"(first: {missing[0]}): is it an E5-V checkpoint?"
+            )
+        revision = revision or getattr(net.config, "_commit_hash", None)
+        return cls(net, processor, model_id=str(model), revision=revision, **options)
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    def spec(self) -> dict:
+        """What an embedding depends on; an index records it and refuses queries made otherwise."""
+        import transformers
+
+        return {
+            "model": self.model_id,
+            "revision": self.revision,
+            "dim": self.dim,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "prompt_version": prompts.PROMPT_VERSION,
+            "transformers": transformers.__version__,
+        }
+
+    def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
+        """Image placeholder tokens for images of these (height, width), without any pixels."""
+        if not sizes:
+            return []
+        counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
+        return list(counts["num_image_tokens"])
+
+    def embed_texts(self, texts: list[str], *, progress: bool | None = None) -> np.ndarray:
+        texts = _as_list(texts, str, "texts")
+        encoded = self._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
+        requests = [_Request(prompt="", n_tokens=len(ids), ids=ids) for _, ids in encoded]
+        return self._run(requests, progress)
+
+    def embed_images(self, images, *, progress: bool | None = None) -> np.ndarray:
+        images = _as_list(images, object, "images")
+        counts = self.count_image_tokens([image_size(image) for image in images])
+        requests = [
+            _Request(prompts.IMAGE_PROMPT, self._image_prompt_tokens + n, image=image)
+            for image, n in zip(images, counts, strict=True)
+        ]
+        return self._run(requests, progress)
+
+    def embed_composed(self, images, texts, *, progress: bool | None = None) -> np.ndarray:
+        """E5-V's composed query: an image and a text saying how to modify it, one vector each."""
+        images = _as_list(images, object, "images")
+        texts = _as_list(texts, str, "texts")
+        if len(images) != len(texts):
+            raise InputError(
+                f"{len(images)} images but {len(texts)} texts: give one text per image"
+            )
+        counts = self.count_image_tokens([image_size(image) for image in images])
+        # The one <image> placeholder in the prompt becomes n image tokens.
+        encoded = self._encode_prompts(texts, prompts.composed_prompt, [n - 1 for n in counts])
+        requests = [
+            _Request(prompt, len(ids) + n - 1, image=image)
+            for image, (prompt, ids), n in zip(images, encoded, counts, strict=True)
+        ]
+        return self._run(requests, progress)
+
+    def _encode_prompts(self, texts, make_prompt, extra_tokens) -> list[tuple[str, list[int]]]:
+        """(prompt, token ids) per text. A prompt that would pass the context (counting
+        `extra_tokens` more) has its TEXT cut from the end: the prompt's tail, whose last token is
+        pooled, stays whole. One warning says how many were cut."""
+        if not texts:
+            return []
+        built = [make_prompt(t) for t in texts]
+        encoded = list(zip(built, self.tokenizer(built).input_ids, strict=True))
+        cut = 0
+        for i, (text, extra) in enumerate(zip(texts, extra_tokens, strict=True)):
+            excess = len(encoded[i][1]) + extra - self.context
+            while excess > 0:
+                offsets = self.tokenizer(
+                    text, add_special_tokens=False, return_offsets_mapping=True
+                ).offset_mapping
+                keep = max(len(offsets) - excess, 0)
+                text = text[: offsets[keep - 1][1]] if keep else ""
+                prompt = make_prompt(text)
+                encoded[i] = (prompt, self.tokenizer(prompt).input_ids)
+                excess = len(encoded[i][1]) + extra - self.context
+                if excess > 0 and not text:
+                    raise InputError(
+                        f"input {i} does not fit the model's context even without text"
+                    )
+                cut += excess <= 0
+        if cut:
+            warnings.warn(
+                f"{cut} text(s) longer than the model's context of {self.context} tokens were "
+                "truncated at the end of the text",
+                stacklevel=3,
+            )
+        return encoded
+
+    def _run(self, requests: list[_Request], progress: bool | None) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        out = np.empty((len(requests), self.dim), dtype=np.float32)
+        batches = plan_batches(
+            [r.n_tokens for r in requests], self.max_batch_tokens, self.batch_size
+        )
+        show = len(requests) >= PROGRESS_MIN_ITEMS if progress is None else progress
+        # disable=None lets tqdm stay silent when stderr is not a terminal.
+        with tqdm(
+            total=len(requests), unit="item", desc="embedding", disable=None if show else True
+        ) as bar:
+            for batch in batches:
+                out[batch] = self._forward([requests[i] for i in batch])
+                bar.update(len(batch))
+        return out
+
+    def _forward(self, batch: list[_Request]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        if batch[0].image is None:
+            inputs = _left_pad([r.ids for r in batch], self.tokenizer.pad_token_id)
+        else:
+            inputs = self.processor(
+                text=[r.prompt for r in batch],
+                images=[load_image(r.image) for r in batch],
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if not bool(inputs["attention_mask"][:, -1].all()):
+            raise RuntimeError(
+                "the tokenizer did not pad on the left: pooled vectors would be wrong"
+            )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            hidden = self.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]
+            return F.normalize(hidden.float(), dim=-1).cpu().numpy()
+
+
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int) -> dict:
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _as_list(items, kind, name) -> list:
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        items = [items]
+    items = list(items)
+    bad = next((i for i, item in enumerate(items) if not isinstance(item, kind)), None)
+    if bad is not None:
+        raise InputError(
+            f"{name}[{bad}] is a {type(items[bad]).__name__}, expected {kind.__name__}"
+        )
+    return items

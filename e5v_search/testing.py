@@ -1,0 +1,273 @@
+"""A tiny LLaVA-NeXT checkpoint of E5-V's architecture, built offline and deterministically.
+
+The real weights (8B) cannot be downloaded everywhere, so the tests, the demo and the CPU
+benchmarks run the real encoder on this checkpoint. It keeps what matters to the engine: a
+byte-level BPE tokenizer carrying the Llama-3 special tokens (so the prompts tokenise the same
+way), `<image>` and a pad token, a Llama language model, a CLIP vision tower, anyres tiling and
+the real checkpoint's traps (`legacy=True`):
+
+- `image_token_index` one past the end of the embedding table (and `<pad>` past it too);
+- a 2024-style processor config without `patch_size`, `vision_feature_select_strategy` and
+  `num_additional_image_tokens`, a 2024-style `config.json` (`torch_dtype`, `rope_theta`);
+- a tokenizer config that says padding right;
+- weights stored in fp16.
+
+A clean checkpoint (`legacy=False`) has the same weights (rounded to fp16 in both, so the two
+give the same embeddings), a complete processor config, left padding and fp32 weights.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+BUILDER_VERSION = "1"
+REAL_CROP = 336
+REAL_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+TINY_CROP = 56
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+LLAMA3_BASE_VOCAB = 128000
+
+# Llama-3's 256 special tokens in their order (ids 128000-128255 in the real tokenizer).
+LLAMA3_SPECIALS = (
+    ["<|begin_of_text|>", "<|end_of_text|>"]
+    + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+    + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+    + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)]
+)
+
+_WORDS = (
+    "a an the of in on at with and or to from by for is are was sitting standing running "
+    "lying dog cat bird horse man woman child people car bus train boat plane grass snow beach "
+    "water sea river road street city park field tree forest mountain sky red blue green yellow "
+    "black white brown small large two three group photo picture image sentence word summary "
+    "above one modify this describe desribe modified user assistant playing eating holding "
+    "looking walking riding next near front top under over table food plate ball"
+).split()
+
+
+def _train_tokenizer(base_vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    corpus = [" ".join(_WORDS[i:] + _WORDS[:i]) for i in range(len(_WORDS))]
+    corpus += [w.capitalize() + "." for w in _WORDS]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(base_vocab, 600),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    # Pad the BPE vocabulary to its fixed size with entries no merge can reach, so that the
+    # special tokens land at the same offsets as in Llama-3 (128000.. with the real vocabulary).
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    for i in range(len(vocab), base_vocab):
+        vocab[f"<|unused_{i}|>"] = i
+    tok = Tokenizer.from_str(json.dumps(data))
+    tok.add_special_tokens(LLAMA3_SPECIALS + ["<image>", "<pad>"])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    return tok
+
+
+def build_tiny_checkpoint(
+    path: str | Path,
+    *,
+    legacy: bool = False,
+    real_geometry: bool = False,
+    real_vocab: bool = False,
+    hidden_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny E5-V-shaped checkpoint to `path` and return it. Same arguments, same bytes."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    base_vocab = LLAMA3_BASE_VOCAB if real_vocab else 512
+    tok = _train_tokenizer(base_vocab)
+    image_id = tok.token_to_id("<image>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<pad>",
+        padding_side="right" if legacy else "left",
+        model_max_length=8192,
+    )
+
+    crop = REAL_CROP if real_geometry else TINY_CROP
+    pinpoints = [[h * crop // REAL_CROP, w * crop // REAL_CROP] for h, w in REAL_PINPOINTS]
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192 if real_geometry else 1024,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=tok.token_to_id("<|begin_of_text|>"),
+        eos_token_id=tok.token_to_id("<|eot_id|>"),
+        tie_word_embeddings=False,
+        # A wide init makes every token's context move the pooled vector, so tests can tell
+        # inputs apart (at 0.02 all embeddings of a 2-layer model are nearly the same).
+        initializer_range=0.3,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=crop,
+        patch_size=14,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    with torch.no_grad():
+        # Clean and legacy checkpoints must hold the same values: round everything to fp16.
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    if legacy:
+        model = _cut_vocabulary(model, rows=image_id).half()
+    with _quiet_progress():
+        model.save_pretrained(path)
+
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
+        image_grid_pinpoints=pinpoints,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(path)
+    if legacy:
+        _make_legacy_configs(path)
+    return path
+
+
+@contextmanager
+def _quiet_progress():
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
+
+
+def _cut_vocabulary(model, rows: int):
+    """The same model with embedding and lm_head tables cut to `rows` (so `<image>` lies past)."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    config = model.config
+    config.text_config.vocab_size = rows
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith(("embed_tokens.weight", "lm_head.weight")):
+            state[key] = value[:rows]
+    cut = LlavaNextForConditionalGeneration(config)
+    cut.load_state_dict(state)
+    return cut
+
+
+def _make_legacy_configs(path: Path) -> None:
+    """Rewrite the configs the way 2024-era checkpoints (royokong/e5-v) have them."""
+    processor_config = json.loads((path / "processor_config.json").read_text())
+    (path / "processor_config.json").unlink()
+    image_config = processor_config["image_processor"]
+    image_config["processor_class"] = "LlavaNextProcessor"
+    _write_json(path / "preprocessor_config.json", image_config)
+
+    tok_config = json.loads((path / "tokenizer_config.json").read_text())
+    tok_config.update(tokenizer_class="PreTrainedTokenizerFast", padding_side="right")
+    _write_json(path / "tokenizer_config.json", tok_config)
+
+    config = json.loads((path / "config.json").read_text())
+    config["torch_dtype"] = config.pop("dtype", "float16")
+    text = config["text_config"]
+    text["rope_theta"] = text.pop("rope_parameters")["rope_theta"]
+    _write_json(path / "config.json", config)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def cached_tiny_checkpoint(cache_dir: str | Path | None = None, **options) -> Path:
+    """The checkpoint for these options in a cache directory, built on first use."""
+    import transformers
+
+    from .config import cache_home
+
+    root = Path(cache_dir) if cache_dir else cache_home() / "tiny-models"
+    name = "-".join(
+        [f"v{BUILDER_VERSION}", f"tf{transformers.__version__}"]
+        + [f"{k}={v}" for k, v in sorted(options.items())]
+    )
+    target = root / name
+    if not (target / "config.json").exists():
+        tmp = root / (name + ".tmp")
+        build_tiny_checkpoint(tmp, **options)
+        tmp.replace(target)  # whole-directory rename: a half-built cache is never used
+    return target
+
+
+def make_sample_images(folder: str | Path) -> list[Path]:
+    """A few small drawn images of different shapes (3, 4 and 5 anyres crops at real geometry)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [
+        ("red-square.png", (336, 336), (200, 30, 30)),
+        ("green-landscape.png", (640, 480), (40, 160, 60)),
+        ("blue-portrait.png", (480, 640), (30, 60, 200)),
+        ("yellow-wide.png", (1000, 300), (220, 200, 40)),
+    ]
+    paths = []
+    for name, size, color in specs:
+        image = Image.new("RGB", size, (245, 245, 240))
+        draw = ImageDraw.Draw(image)
+        w, h = size
+        draw.ellipse([w // 5, h // 5, 4 * w // 5, 4 * h // 5], fill=color)
+        draw.rectangle([0, 0, w // 6, h // 6], fill=tuple(255 - c for c in color))
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths

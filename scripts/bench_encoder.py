@@ -1,0 +1,286 @@
+"""The model card's recipe against E5VEncoder, side by side in one run, on the same model object.
+
+    python scripts/bench_encoder.py                  # CPU: tiny hidden size, REAL 128k vocab and
+                                                     # real image geometry (crop 336, pinpoints)
+    python scripts/bench_encoder.py --full-size --device cuda
+                                                     # the real 8B architecture, random weights,
+                                                     # bf16 and fp16, several batch sizes
+
+Reports items/s for texts and images, peak memory, max |diff| between the two paths' vectors,
+and the ratios; `--record` writes the table into docs/benchmarks.md with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+
+import numpy as np
+from benchlib import PeakMemory, gib, machine, record
+from PIL import Image, ImageDraw
+
+from e5v_search.encoder import E5VEncoder
+from e5v_search.reference import recipe_embed_images, recipe_embed_texts
+from e5v_search.testing import cached_tiny_checkpoint
+
+WORDS = "a dog cat man woman runs sits on the grass snow beach near red blue car tree".split()
+IMAGE_SIZES = [(640, 480), (480, 640), (336, 336), (1024, 768), (800, 600), (300, 1000)]
+
+
+def _command() -> str:
+    return " ".join(["python scripts/bench_encoder.py"] + sys.argv[1:])
+
+
+def make_texts(n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 60)))) for _ in range(n)]
+
+
+def make_images(n: int, sizes=IMAGE_SIZES) -> list[Image.Image]:
+    images = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        image = Image.new("RGB", (w, h), (20 * i % 255, 120, 200))
+        ImageDraw.Draw(image).ellipse([w // 4, h // 4, 3 * w // 4, 3 * h // 4], fill=(240, 30, i))
+        images.append(image)
+    return images
+
+
+def timed(device, function, *args):
+    """(seconds, peak bytes, result as numpy) of one call, after a warm-up on one item."""
+    import torch
+
+    function(*(a[:1] for a in args))
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        result = function(*args)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    result = result.float().cpu().numpy() if hasattr(result, "cpu") else result
+    return seconds, memory.bytes, result
+
+
+def in_chunks(embed, size):
+    """The recipe as a user runs it on many items: the model card's call on `size` at a time."""
+    import torch
+
+    def run(model, processor, items, device):
+        parts = [
+            embed(model, processor, items[i : i + size], device) for i in range(0, len(items), size)
+        ]
+        return torch.cat(parts)
+
+    return run
+
+
+def compare_cpu(args) -> str:
+    import torch
+
+    torch.manual_seed(0)
+    path = cached_tiny_checkpoint(real_geometry=True, real_vocab=True)
+    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(str(path)).eval()
+    processor = LlavaNextProcessor.from_pretrained(str(path), backend="pil")
+    processor.tokenizer.padding_side = "left"  # the recipe needs it to be right at all
+    encoder = E5VEncoder(model, processor, model_id=str(path))
+    texts, images = make_texts(args.texts), make_images(args.images)
+    rows = []
+    for kind, items, recipe in [
+        ("texts", texts, recipe_embed_texts),
+        ("images", images, recipe_embed_images),
+    ]:
+        ours = encoder.embed_texts if kind == "texts" else encoder.embed_images
+        run_recipe = in_chunks(recipe, args.batch_size)
+        r_s, r_mem, r_vec = timed("cpu", partial(run_recipe, model, processor, device="cpu"), items)
+        rows.append(
+            f"| {kind} ({len(items)}) | recipe, {args.batch_size} a call | "
+            f"{len(items) / r_s:.1f} | 1.0x | {gib(r_mem)} | 1.0x | |"
+        )
+        for label, cap in [
+            (f"encoder, {args.batch_size} a batch", args.batch_size),
+            ("encoder, token budget", None),
+        ]:
+            encoder.batch_size = cap
+            e_s, e_mem, e_vec = timed("cpu", partial(ours, progress=False), items)
+            rows.append(
+                f"| {kind} ({len(items)}) | {label} | {len(items) / e_s:.1f} | "
+                f"**{r_s / e_s:.1f}x** | "
+                f"{gib(e_mem)} | **{r_mem / max(e_mem, 1):.0f}x less** | "
+                f"{np.abs(r_vec - e_vec).max():.1e} |"
+            )
+    header = (
+        f"Tiny LLaVA-NeXT (hidden 64, 2+2 layers) with the real 128,256-token vocabulary and real "
+        f"image geometry (crop 336, 1,176-2,928 image tokens), fp32, on the same model object. "
+        f"Recipe: the model card's call on {args.batch_size} items at a time. Encoder: the same "
+        f"batches, then its own token budget ({encoder.max_batch_tokens} padded tokens).\n"
+        f"Machine: {machine('cpu')}.\n"
+        f"Command: `{_command()}`\n\n"
+        "| inputs | path | items/s | speed | peak memory added | memory | max abs diff vs recipe |"
+        "\n|---|---|---|---|---|---|---|"
+    )
+    return header + "\n" + "\n".join(rows)
+
+
+# ---- full size: the real 8B architecture with random weights, built on the GPU --------------
+
+
+def full_size_model(device, dtype, layers=None, vocab=128256):
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
+
+    text = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=layers or 32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=layers or 24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=vocab - 2)
+    with torch.device(device):
+        model = LlavaNextForConditionalGeneration._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def item_flops(model, tokens: int, crops: int) -> float:
+    """Forward FLOPs of one item, counting only what an embedding needs (no lm_head)."""
+    cfg = model.config
+    llm = model.model.language_model
+    dense = sum(p.numel() for n, p in llm.named_parameters() if "embed_tokens" not in n)
+    t = cfg.text_config
+    attention = 2 * t.num_hidden_layers * tokens**2 * t.hidden_size  # causal QK^T and AV
+    flops = 2 * dense * tokens + attention
+    if crops:
+        v = cfg.vision_config
+        patches = (v.image_size // v.patch_size) ** 2 + 1
+        vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+        flops += crops * (
+            2 * vision * patches + 4 * v.num_hidden_layers * patches**2 * v.hidden_size
+        )
+    return float(flops)
+
+
+def compare_full_size(args) -> str:
+    import torch
+    from transformers import LlavaNextProcessor
+
+    processor = LlavaNextProcessor.from_pretrained(
+        str(cached_tiny_checkpoint(real_geometry=True, real_vocab=True)), backend="pil"
+    )
+    processor.tokenizer.padding_side = "left"
+    lines = [
+        f"Full-size E5-V architecture (LLaVA-NeXT, Llama-3-8B + CLIP ViT-L/14-336), random "
+        f"weights{f', {args.layers} layers' if args.layers else ''}. Images 640x480 (2,340 image "
+        f"tokens, 5 crops); texts of 4-60 words, 8 texts per image batch slot. Share of peak = "
+        f"useful FLOPs (no lm_head) per second / {args.peak_tflops:.0f} TFLOP/s. Each path "
+        f"runs whole batches of the size shown.\nMachine: {machine(args.device)}.\n"
+        f"Command: `{_command()}`\n",
+        "| dtype | inputs | path | batch | items/s | share of peak | peak memory added | "
+        "max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype_name in args.dtypes:
+        torch.manual_seed(0)
+        model = full_size_model(
+            args.device, getattr(torch, dtype_name), args.layers, vocab=len(processor.tokenizer)
+        )
+        encoder = E5VEncoder(model, processor, model_id="random-8b")
+        for kind in ("images", "texts"):
+            lines += _full_size_rows(args, model, processor, encoder, kind, dtype_name)
+        del model, encoder
+        torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
+def _full_size_rows(args, model, processor, encoder, kind, dtype_name) -> list[str]:
+    """Rows for one input kind: each path at growing batch sizes until it runs out of memory."""
+    import torch
+
+    device, rows, out_of_memory = args.device, [], set()
+    recipe = recipe_embed_images if kind == "images" else recipe_embed_texts
+    ours = encoder.embed_images if kind == "images" else encoder.embed_texts
+    paths = {
+        "recipe": partial(recipe, model, processor, device=device),
+        "encoder": partial(ours, progress=False),
+    }
+    for batch in args.batch_sizes:
+        if kind == "images":
+            items = make_images(batch, [(640, 480)])
+            flops = item_flops(model, encoder.count_image_tokens([(480, 640)])[0] + 25, 5)
+        else:
+            items = make_texts(batch * 8)
+            lengths = [len(ids) for ids in processor.tokenizer(items).input_ids]
+            flops = item_flops(model, int(np.mean(lengths)) + 25, 0)
+        encoder.batch_size, encoder.max_batch_tokens = len(items), 10**9
+        vectors = {}
+        for name, run in paths.items():
+            if name in out_of_memory:
+                continue
+            try:
+                seconds, memory, vectors[name] = timed(device, run, items)
+            except torch.cuda.OutOfMemoryError:
+                out_of_memory.add(name)
+                torch.cuda.empty_cache()
+                rows.append(f"| {dtype_name} | {kind} | {name} | {len(items)} | out of memory ||||")
+                continue
+            share = len(items) / seconds * flops / (args.peak_tflops * 1e12)
+            diff = ""
+            if name == "encoder" and "recipe" in vectors:
+                diff = f"{np.abs(vectors['recipe'] - vectors['encoder']).max():.1e}"
+            rows.append(
+                f"| {dtype_name} | {kind} | {name} | {len(items)} | {len(items) / seconds:.1f} | "
+                f"{share:.0%} | {gib(memory)} | {diff} |"
+            )
+            torch.cuda.empty_cache()
+        if out_of_memory == set(paths):
+            break
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--texts", type=int, default=64)
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="recipe items per call (CPU)")
+    parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--layers", type=int, help="full size: fewer layers, for a smoke test")
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="H100 dense bf16 measured")
+    parser.add_argument("--record", action="store_true", help="write into docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.full_size:
+        table, section = compare_full_size(args), f"encoder-full-size-{args.device}"
+    else:
+        table, section = compare_cpu(args), "encoder-cpu"
+    print(table)
+    if args.record:
+        record(section, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Units below the encoder: batch planning, prompts, image sizes, light imports."""
+
+import subprocess
+import sys
+
+from PIL import Image
+
+from e5v_search import prompts
+from e5v_search.batching import plan_batches
+from e5v_search.images import image_size, load_image
+
+
+def test_batches_cover_every_item_once_and_fit_the_budget():
+    lengths = [5, 300, 20, 20, 1200, 7, 64, 64, 64, 3]
+    batches = plan_batches(lengths, max_tokens=256)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        padded = len(batch) * max(lengths[i] for i in batch)
+        assert padded <= 256 or len(batch) == 1
+    assert batches[0] == [4]  # longest first: an out-of-memory shows at once
+
+
+def test_batches_respect_an_item_cap():
+    batches = plan_batches([10] * 7, max_tokens=10_000, max_items=3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+
+
+def test_prompts_are_the_model_cards_byte_for_byte():
+    template = (
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n \n"
+    )
+    assert prompts.IMAGE_PROMPT == template.format("<image>\nSummary above image in one word: ")
+    assert prompts.text_prompt("A dog.") == template.format(
+        "A dog.\nSummary above sentence in one word: "
+    )
+    assert prompts.composed_prompt("make it red") == template.format(
+        '<image>Modify this image with "make it red", desribe modified image in one word:'
+    )
+
+
+def test_image_size_follows_exif_orientation(tmp_path):
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown as 20 wide, 40 high
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert image_size(path) == (40, 20)
+    assert load_image(path).size == (20, 40)
+    assert image_size(image) == (20, 40)
+
+
+def test_load_image_converts_to_rgb(tmp_path):
+    path = tmp_path / "gray.png"
+    Image.new("L", (8, 8), 128).save(path)
+    assert load_image(path).mode == "RGB"
+    assert load_image(Image.new("RGBA", (4, 4))).mode == "RGB"
+
+
+def _modules_after(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_import_and_help_do_not_import_torch():
+    code = (
+        "import sys, e5v_search\n"
+        "from click.testing import CliRunner\n"
+        "from e5v_search.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "result = CliRunner().invoke(cli, ['similarity', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
+    assert _modules_after(code).strip() == "[]"
