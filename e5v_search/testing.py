@@ -271,3 +271,16 @@ def make_sample_images(folder: str | Path) -> list[Path]:
         image.save(folder / name)
         paths.append(folder / name)
     return paths
+
+
+def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5, seed: int = 0):
+    """Unit vectors around random cluster centres: like embeddings, unlike uniform noise (on
+    which every ANN index looks equally bad)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
+    vectors = centres[rng.integers(0, clusters, size=n)] + noise
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -1,0 +1,319 @@
+"""The catalog: one SQLite file (sqlite-utils, WAL) that is the source of truth of an index.
+
+It holds every item (modality, source, text, content hash, image size, user metadata), its
+vector, the embedding spec the vectors were made with, and the ingest errors. The FAISS files
+beside it are derived from it and can always be rebuilt from it without re-encoding.
+
+Vector blob format (`vectors.vector`): the embedding as little-endian float32, `dim` values,
+nothing else (`dim * 4` bytes; 16 KiB for E5-V's 4096). Full precision is kept: vectors are the
+expensive part of an index and the FAISS side can compress them as it likes.
+
+Every write is one transaction that takes the next value of a change counter (`seq`) and stamps
+it on the items it writes (and on the ids it deletes, in `deleted`), so an index file that
+missed some changes knows exactly which ones (see store.py). Ids are never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from .errors import E5VSearchError, InputError
+from .migrations import migrate, transaction
+
+MODALITIES = ("image", "text")
+# Fields that change the vector space: a query or an ingest must match them exactly.
+STRICT_SPEC_FIELDS = ("model", "revision", "dim", "prompt_version")
+ITEM_FIELDS = ("source", "locator", "text", "content_hash", "width", "height", "metadata")
+_CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
+_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class SpecMismatchError(E5VSearchError):
+    """Vectors made with another model, revision, size or prompt than the index holds."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def encode_vectors(vectors: np.ndarray) -> list[bytes]:
+    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype="<f4")]
+
+
+def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def metadata_filter(filters: dict) -> tuple[str, list]:
+    """{"label": "dog", "size.w": 3} -> an SQL condition on the metadata JSON and its params."""
+    clauses, params = [], []
+    for key, value in filters.items():
+        if not _METADATA_KEY.match(key):
+            raise InputError(f"metadata key {key!r}: use letters, digits, _ and dots")
+        clauses.append(f"json_extract(metadata, '$.{key}') = ?")
+        params.append(value)
+    return " AND ".join(clauses) or "1", params
+
+
+class Catalog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so one
+        # batch of items and its vectors land together or not at all.
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash of the process loses nothing
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.conn = conn
+        self.migrations_applied = migrate(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta: spec, counters --------------------------------------------------------------
+
+    def _meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def _set_meta(self, key: str, value) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    @property
+    def seq(self) -> int:
+        return self._meta("seq", 0)
+
+    def spec(self) -> dict | None:
+        return self._meta("spec")
+
+    @property
+    def dim(self) -> int | None:
+        spec = self.spec()
+        return spec["dim"] if spec else None
+
+    def check_spec(self, spec: dict, purpose: str = "query") -> list[str]:
+        """Refuse `spec` if it differs from the catalog's in a field that changes the vector
+        space; return notes on harmless differences (dtype, transformers version)."""
+        stored = self.spec()
+        if stored is None:
+            return []
+        differ = [f for f in STRICT_SPEC_FIELDS if stored.get(f) != spec.get(f)]
+        if differ:
+            said = ", ".join(
+                f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}" for f in differ
+            )
+            raise SpecMismatchError(
+                f"this index was built with other embeddings ({said}). Use the index's model "
+                f"(--model {stored.get('model')}"
+                + (f" --revision {stored['revision']}" if stored.get("revision") else "")
+                + ") or a new index."
+            )
+        return [
+            f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}"
+            for f in ("dtype", "transformers")
+            if stored.get(f) != spec.get(f)
+        ]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
+        """Insert items and their vectors in one transaction; return their new ids."""
+        self._check_batch(items, vectors, spec)
+        with transaction(self.conn):
+            if self.spec() is None:
+                self._set_meta("spec", spec)
+            seq, first = self.seq + 1, self._meta("next_id", 1)
+            ids = list(range(first, first + len(items)))
+            stamp = now()
+            rows = [
+                (i, item["modality"], *_item_values(item), stamp, stamp, seq)
+                for i, item in zip(ids, items, strict=True)
+            ]
+            try:
+                self.conn.executemany(
+                    "INSERT INTO items (id, modality, source, locator, text, content_hash, "
+                    "width, height, metadata, added_at, updated_at, seq) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+            except sqlite3.IntegrityError as error:
+                raise InputError(
+                    f"an item from the same source and locator is already in the catalog "
+                    f"({error}): update it instead of adding it again"
+                ) from error
+            self.conn.executemany(
+                "INSERT INTO vectors (item_id, vector) VALUES (?, ?)",
+                zip(ids, encode_vectors(vectors), strict=True),
+            )
+            self._set_meta("next_id", first + len(items))
+            self._set_meta("seq", seq)
+        return ids
+
+    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: dict) -> None:
+        """Replace the fields and vectors of existing items (a changed source file)."""
+        self._check_batch(items, vectors, spec)
+        with transaction(self.conn):
+            seq, stamp = self.seq + 1, now()
+            self.conn.executemany(
+                "UPDATE items SET source=?, locator=?, text=?, content_hash=?, width=?, "
+                "height=?, metadata=?, updated_at=?, seq=? WHERE id=?",
+                [(*_item_values(item), stamp, seq, i) for i, item in zip(ids, items, strict=True)],
+            )
+            self.conn.executemany(
+                "UPDATE vectors SET vector=? WHERE item_id=?",
+                zip(encode_vectors(vectors), ids, strict=True),
+            )
+            self._set_meta("seq", seq)
+
+    def delete(self, ids) -> int:
+        """Delete items (and their vectors); their ids are kept in `deleted` for the index."""
+        ids = [int(i) for i in ids]
+        removed = 0
+        with transaction(self.conn):
+            seq = self.seq + 1
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(
+                    f"INSERT OR REPLACE INTO deleted (item_id, modality, seq) "
+                    f"SELECT id, modality, {seq} FROM items WHERE id IN ({marks})",
+                    chunk,
+                )
+                removed += self.conn.execute(
+                    f"DELETE FROM items WHERE id IN ({marks})", chunk
+                ).rowcount
+            self._set_meta("seq", seq)
+        return removed
+
+    def record_error(self, source: str, reason: str, locator: str = "") -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO errors (source, locator, reason, occurred_at) VALUES (?, ?, ?, ?)",
+                (str(source), locator, reason, now()),
+            )
+
+    def _check_batch(self, items, vectors, spec) -> None:
+        if len(items) != len(vectors):
+            raise InputError(f"{len(items)} items but {len(vectors)} vectors")
+        bad = [item.get("modality") for item in items if item.get("modality") not in MODALITIES]
+        if bad:
+            raise InputError(f"modality must be 'image' or 'text', got {bad[0]!r}")
+        self.check_spec(spec, purpose="ingest")
+        if len(vectors) and np.shape(vectors)[1] != spec["dim"]:
+            raise InputError(
+                f"vectors have {np.shape(vectors)[1]} values, the spec says {spec['dim']}"
+            )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def count(self, modality: str | None = None) -> int:
+        if modality is None:
+            return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        sql = "SELECT count(*) FROM items WHERE modality = ?"
+        return self.conn.execute(sql, (modality,)).fetchone()[0]
+
+    def ids(self, modality: str | None = None, where: str | None = None, params=()) -> np.ndarray:
+        """Ids of the items of `modality` (all if None) that satisfy the SQL condition `where`
+        (on the items table; metadata through json_extract(metadata, '$.key'))."""
+        sql, args = "SELECT id FROM items WHERE 1", []
+        if modality:
+            sql, args = sql + " AND modality = ?", [modality]
+        if where:
+            sql += f" AND ({where})"
+            args += list(params)
+        try:
+            rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        except sqlite3.Error as error:
+            raise InputError(f"bad filter {where!r}: {error}") from error
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def get(self, ids) -> list[dict]:
+        """Item rows (metadata decoded) in the order of `ids`; unknown ids are skipped."""
+        found = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
+                row["metadata"] = json.loads(row["metadata"])
+                found[row["id"]] = row
+        return [found[int(i)] for i in ids if int(i) in found]
+
+    def vectors(self, ids) -> np.ndarray:
+        """Stored vectors in the order of `ids` (all must exist)."""
+        ids = [int(i) for i in ids]
+        blobs = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT item_id, vector FROM vectors WHERE item_id IN ({marks})"
+            blobs.update(self.conn.execute(sql, chunk).fetchall())
+        missing = [i for i in ids if i not in blobs]
+        if missing:
+            raise KeyError(f"no stored vector for item ids {missing[:5]}")
+        return decode_vectors([blobs[i] for i in ids], self.dim or 0)
+
+    def iter_vectors(self, modality: str, batch: int = 20000, since_seq: int | None = None):
+        """(ids, vectors) chunks of one modality in id order, optionally only items written
+        after `since_seq`; memory stays at one chunk."""
+        sql = (
+            "SELECT v.item_id, v.vector FROM vectors v JOIN items i ON i.id = v.item_id "
+            "WHERE i.modality = ?"
+        )
+        args = [modality]
+        if since_seq is not None:
+            sql, args = sql + " AND i.seq > ?", args + [since_seq]
+        cursor = self.conn.execute(sql + " ORDER BY v.item_id", args)
+        while rows := cursor.fetchmany(batch):
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            yield ids, decode_vectors([r[1] for r in rows], self.dim)
+
+    def deleted_since(self, seq: int) -> dict[str, np.ndarray]:
+        out = {m: [] for m in MODALITIES}
+        for item_id, modality in self.conn.execute(
+            "SELECT item_id, modality FROM deleted WHERE seq > ?", (seq,)
+        ):
+            out[modality].append(item_id)
+        return {m: np.array(v, dtype=np.int64) for m, v in out.items()}
+
+    def prune_deleted(self, upto_seq: int) -> None:
+        """Forget deletions that every index file has applied."""
+        with transaction(self.conn):
+            self.conn.execute("DELETE FROM deleted WHERE seq <= ?", (upto_seq,))
+
+    def errors(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM errors ORDER BY id"))
+
+    def sample_ids(self, modality: str, n: int, seed: int = 0) -> np.ndarray:
+        ids = self.ids(modality)
+        if len(ids) <= n:
+            return ids
+        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
+
+def _item_values(item: dict) -> tuple:
+    metadata = item.get("metadata") or {}
+    return (
+        None if item.get("source") is None else str(item["source"]),
+        str(item.get("locator") or ""),
+        item.get("text"),
+        item.get("content_hash"),
+        item.get("width"),
+        item.get("height"),
+        json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+    )
+
+
+def _chunks(ids: list[int]):
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]

@@ -1,0 +1,112 @@
+"""The catalog's schema, changed only through these named migrations, applied in order, once.
+
+Each migration runs in the same transaction as the row recording it, so a crash leaves the
+catalog either before or after it, never half-way. Never edit a migration that has shipped: add
+a new one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def m001_base(db) -> None:
+    db.executescript(
+        """
+        CREATE TABLE items (
+            id INTEGER PRIMARY KEY,
+            modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+            source TEXT,
+            locator TEXT NOT NULL DEFAULT '',
+            text TEXT,
+            content_hash TEXT,
+            width INTEGER,
+            height INTEGER,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            added_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX items_origin ON items (source, locator);
+        CREATE INDEX items_hash ON items (content_hash);
+        CREATE INDEX items_modality ON items (modality);
+        CREATE TABLE vectors (
+            item_id INTEGER PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
+            vector BLOB NOT NULL
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE errors (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            locator TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL,
+            occurred_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+def m002_change_tracking(db) -> None:
+    """A change counter stamped on every written item and a record of deleted ones, so an index
+    that missed changes (a crash between the catalog commit and the index save) can catch up
+    without a rebuild."""
+    db.executescript(
+        """
+        ALTER TABLE items ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX items_seq ON items (seq);
+        CREATE TABLE deleted (
+            item_id INTEGER PRIMARY KEY,
+            modality TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS = [m001_base, m002_change_tracking]
+
+
+def migrate(conn, upto: str | None = None) -> list[str]:
+    """Apply the pending migrations (up to and including `upto`); return the names applied."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+    applied = []
+    for migration in MIGRATIONS:
+        name = migration.__name__
+        if name not in done:
+            with transaction(conn):
+                migration(_Script(conn))
+                conn.execute(
+                    "INSERT INTO _migrations VALUES (?, ?)",
+                    (name, datetime.now(timezone.utc).isoformat()),
+                )
+            applied.append(name)
+        if name == upto:
+            break
+    return applied
+
+
+class _Script:
+    """Runs a script statement by statement inside the caller's transaction (sqlite3's own
+    executescript would commit first)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def executescript(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self.conn.execute(statement)
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connections)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *exc):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

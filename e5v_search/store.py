@@ -1,0 +1,404 @@
+"""An index directory: the catalog (source of truth) and one FAISS index per modality, kept in step.
+
+    indexes/<name>/
+      catalog.sqlite     items, vectors, embedding spec, ingest errors (catalog.py)
+      image.faiss        FAISS index of the image vectors (ids = catalog item ids)
+      text.faiss         FAISS index of the text vectors
+      manifest.json      index type per modality and the catalog change counter they cover
+
+One index per modality makes a modality-restricted search exact in count (10 images asked, 10
+images returned, even when images are 1% of the corpus) with no filtering inside FAISS. Index
+files are replaced atomically and the manifest is written last; on open, changes the files missed
+(a crash between the catalog commit and the save, a deleted file) are applied or the file is
+rebuilt from the stored vectors, and each repair is reported in `Store.repairs`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import index as fx
+from .catalog import MODALITIES, Catalog, now
+from .errors import E5VSearchError, InputError
+
+log = logging.getLogger(__name__)
+
+CATALOG = "catalog.sqlite"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_FACTORY = "Flat"
+# Below this many candidates, a filtered search scores the stored vectors directly: exact, and
+# cheaper than a FAISS pass with a selector.
+EXACT_CANDIDATES = 4096
+_READ_CHUNK = 20000
+
+
+class IndexNotFoundError(E5VSearchError):
+    """No index at the given directory."""
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    modality: str
+
+
+class Store:
+    def __init__(self, path: Path, catalog: Catalog, manifest: dict):
+        self.path = path
+        self.catalog = catalog
+        self.manifest = manifest
+        self.indexes: dict[str, object] = {}
+        self._gpu: dict[str, object] = {}
+        self._dirty: set[str] = set()
+        self.repairs: list[str] = []
+
+    @classmethod
+    def open(cls, path: str | Path, create: bool = False) -> Store:
+        path = Path(path)
+        if not (path / CATALOG).exists():
+            if not create:
+                raise IndexNotFoundError(
+                    f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
+                    f"{path}` (or Store.open(path, create=True))"
+                )
+            path.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(path / CATALOG)
+        manifest = _read_manifest(path / MANIFEST)
+        store = cls(path, catalog, manifest)
+        store._load_and_repair()
+        return store
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def factory(self) -> str:
+        return self.manifest.get("factory", DEFAULT_FACTORY)
+
+    # -- keeping the files in step with the catalog ------------------------------------------
+
+    def _load_and_repair(self) -> None:
+        covered = self.manifest.get("covered_seq")
+        for modality in MODALITIES:
+            entry = self.manifest.get("indexes", {}).get(modality)
+            stored = self.catalog.count(modality)
+            file = self.path / f"{modality}.faiss"
+            if entry is None or not file.exists():
+                if stored:
+                    why = "not in the manifest" if entry is None else "missing"
+                    self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
+                continue
+            try:
+                self.indexes[modality] = fx.load(file)
+            except RuntimeError as error:
+                self._rebuild(
+                    modality, self._factory_of(modality), f"{file.name} unreadable ({error})"
+                )
+                continue
+            if covered is None:
+                self._rebuild(
+                    modality, self._factory_of(modality), "manifest has no change counter"
+                )
+            elif covered < self.catalog.seq:
+                self._catch_up(modality, covered)
+            held = self.indexes[modality].ntotal
+            if held != stored:
+                why = f"{file.name} holds {held} vectors, the catalog {stored}"
+                self._rebuild(modality, self._factory_of(modality), why)
+        if self._dirty or self.manifest.get("covered_seq") != self.catalog.seq:
+            self.save()
+        for line in self.repairs:
+            log.warning("%s: %s", self.path, line)
+
+    def _catch_up(self, modality: str, covered: int) -> None:
+        index = self.indexes[modality]
+        gone = self.catalog.deleted_since(covered)[modality]
+        changed = [chunk for chunk in self.catalog.iter_vectors(modality, since_seq=covered)]
+        changed_ids = np.concatenate([c[0] for c in changed]) if changed else np.empty(0, np.int64)
+        # An updated item is removed then added again with its new vector.
+        if not fx.remove(index, np.concatenate([gone, changed_ids])):
+            self._rebuild(modality, self._factory_of(modality), "missed changes, cannot remove")
+            return
+        for ids, vectors in changed:
+            fx.add(index, ids, vectors)
+        self._dirty.add(modality)
+        self.repairs.append(
+            f"{modality}.faiss missed changes (a crash before the index was saved?): "
+            f"added {len(changed_ids)}, removed {len(gone)}"
+        )
+
+    def _rebuild(self, modality: str, factory: str, reason: str | None = None) -> dict:
+        """Build one modality's index from the stored vectors; no model needed."""
+        started = time.perf_counter()
+        count = self.catalog.count(modality)
+        index = fx.make(factory, self.catalog.dim)
+        train_seconds = 0.0
+        if not index.is_trained:
+            sample = self.catalog.sample_ids(modality, fx.train_sample_size(factory, count))
+            began = time.perf_counter()
+            fx.train(index, self.catalog.vectors(sample), factory)
+            train_seconds = time.perf_counter() - began
+        settings = self.manifest.get("indexes", {}).get(modality, {}).get("search", {})
+        fx.set_search_defaults(index, settings.get("nprobe"), settings.get("ef_search"))
+        for ids, vectors in self.catalog.iter_vectors(modality, batch=_READ_CHUNK):
+            fx.add(index, ids, vectors)
+        self.indexes[modality] = index
+        self._gpu.pop(modality, None)
+        self._dirty.add(modality)
+        self.manifest.setdefault("indexes", {})[modality] = {"factory": factory}
+        if reason:
+            self.repairs.append(f"{modality}.faiss rebuilt from {count} stored vectors: {reason}")
+        return {
+            "modality": modality,
+            "factory": factory,
+            "vectors": count,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+
+    def save(self) -> None:
+        """Write the changed index files atomically, then the manifest that vouches for them."""
+        for modality in sorted(self._dirty):
+            fx.save(self.indexes[modality], self.path / f"{modality}.faiss")
+        entries = self.manifest.setdefault("indexes", {})
+        for modality, index in self.indexes.items():
+            entry = entries.setdefault(modality, {"factory": self.factory})
+            entry.update(file=f"{modality}.faiss", count=int(index.ntotal))
+            entry["search"] = fx.search_settings(index)
+        seq = self.catalog.seq
+        self.manifest.update(
+            format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq, saved_at=now()
+        )
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+        self.catalog.prune_deleted(seq)
+        self._dirty.clear()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
+        """Commit items and vectors to the catalog, then add them to the in-memory indexes.
+        Call save() to write the index files (a crash before that is repaired on open)."""
+        ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
+        modalities = np.array([item["modality"] for item in items])
+        for modality in MODALITIES:
+            mask = modalities == modality
+            if mask.any():
+                self._index_for(modality)
+                fx.add(self.indexes[modality], ids[mask], np.asarray(vectors)[mask])
+                self._changed(modality)
+        return ids.tolist()
+
+    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: dict) -> None:
+        self.catalog.update(ids, items, vectors, spec)
+        self._reindex(np.array(ids, dtype=np.int64), vectors=np.asarray(vectors))
+
+    def delete(self, ids) -> int:
+        ids = np.array([int(i) for i in ids], dtype=np.int64)
+        known = self.catalog.get(ids)
+        removed = self.catalog.delete(ids)
+        by_modality = {
+            m: np.array([r["id"] for r in known if r["modality"] == m]) for m in MODALITIES
+        }
+        for modality, gone in by_modality.items():
+            if len(gone) and modality in self.indexes:
+                if not fx.remove(self.indexes[modality], gone.astype(np.int64)):
+                    self._rebuild(modality, self._factory_of(modality))
+                self._changed(modality)
+        return removed
+
+    def delete_where(self, where: str, params=()) -> int:
+        return self.delete(self.catalog.ids(where=where, params=params))
+
+    def delete_source_prefix(self, prefix: str) -> int:
+        return self.delete_where("substr(source, 1, ?) = ?", (len(prefix), prefix))
+
+    def _reindex(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        rows = {r["id"]: r["modality"] for r in self.catalog.get(ids)}
+        for modality in MODALITIES:
+            mask = np.array([rows.get(int(i)) == modality for i in ids])
+            if mask.any() and modality in self.indexes:
+                if not fx.remove(self.indexes[modality], ids[mask]):
+                    self._rebuild(modality, self._factory_of(modality))
+                else:
+                    fx.add(self.indexes[modality], ids[mask], vectors[mask])
+                self._changed(modality)
+
+    def _index_for(self, modality: str):
+        if modality not in self.indexes:
+            factory = self.factory
+            index = fx.make(factory, self.catalog.dim)
+            if not index.is_trained:
+                # A trained type cannot take its first vectors untrained: exact until rebuilt.
+                factory, index = DEFAULT_FACTORY, fx.make(DEFAULT_FACTORY, self.catalog.dim)
+            self.indexes[modality] = index
+            self.manifest.setdefault("indexes", {})[modality] = {"factory": factory}
+        return self.indexes[modality]
+
+    def _factory_of(self, modality: str) -> str:
+        return self.manifest.get("indexes", {}).get(modality, {}).get("factory", self.factory)
+
+    def _changed(self, modality: str) -> None:
+        self._dirty.add(modality)
+        self._gpu.pop(modality, None)
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        modality: str | None = None,
+        where: str | None = None,
+        params=(),
+    ) -> list[list[Hit]]:
+        """Top-k hits per query row, best first, from one modality or both (merged by score).
+        `where` (SQL on the items table) is applied inside the search, never after it."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if modality is not None and modality not in MODALITIES:
+            raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        if self.catalog.dim is not None and queries.shape[1] != self.catalog.dim:
+            raise InputError(
+                f"queries have {queries.shape[1]} values, the index {self.catalog.dim}"
+            )
+        hits: list[list[Hit]] = [[] for _ in queries]
+        for mod in [modality] if modality else list(MODALITIES):
+            if mod not in self.indexes:
+                continue
+            scores, ids = self._search_one(mod, queries, k, where, params)
+            for row, (s, i) in enumerate(zip(scores, ids, strict=True)):
+                hits[row] += [
+                    Hit(int(a), float(b), mod) for a, b in zip(i, s, strict=True) if a >= 0
+                ]
+        return [sorted(h, key=lambda hit: (-hit.score, hit.id))[:k] for h in hits]
+
+    def _search_one(self, modality, queries, k, where, params):
+        index = self.indexes[modality]
+        if where is None:
+            return fx.search(self._searchable(modality), queries, k)
+        among = self.catalog.ids(modality, where, params)
+        if len(among) > EXACT_CANDIDATES:
+            try:
+                return fx.search(index, queries, k, among=among)
+            except RuntimeError:
+                pass  # this type has no id-selector search: score the candidates directly
+        chunks = (
+            (among[i : i + _READ_CHUNK], self.catalog.vectors(among[i : i + _READ_CHUNK]))
+            for i in range(0, len(among), _READ_CHUNK)
+        )
+        return fx.exact_search(queries, chunks, k)
+
+    def _searchable(self, modality: str):
+        if modality not in self._gpu:
+            self._gpu[modality] = fx.to_gpu(self.indexes[modality])
+        return self._gpu[modality] or self.indexes[modality]
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def rebuild(self, factory: str | None = None, nprobe=None, ef_search=None) -> list[dict]:
+        """Rebuild every modality's index from the stored vectors with `factory` (default: the
+        current type) and save. A modality too small to train the type gets Flat, said so."""
+        factory = factory or self.factory
+        fx.make(factory, self.catalog.dim or 64)  # a bad factory string fails before any work
+        stats, failures = [], []
+        for modality in MODALITIES:
+            count = self.catalog.count(modality)
+            if not count:
+                continue
+            self.manifest.setdefault("indexes", {})[modality] = {
+                "search": {"nprobe": nprobe, "ef_search": ef_search}
+            }
+            try:
+                stats.append(self._rebuild(modality, factory))
+            except fx.IndexBuildError as error:
+                failures.append((modality, count, error))
+        if failures and not stats:
+            raise failures[0][2]
+        for modality, count, error in failures:
+            entry = self._rebuild(modality, DEFAULT_FACTORY)
+            entry["note"] = (
+                f"{count} vectors are too few for {factory}: exact Flat instead ({error})"
+            )
+            stats.append(entry)
+        self.manifest["factory"] = factory
+        self.save()
+        for entry in stats:
+            entry["bytes"] = os.path.getsize(self.path / f"{entry['modality']}.faiss")
+        return stats
+
+    def recall(self, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, float]:
+        """recall@k of each modality's index against exact search, with a sample of stored
+        vectors of each modality as queries (their own id excluded): 'text->image' etc."""
+        out = {}
+        for query_modality in MODALITIES:
+            query_ids = self.catalog.sample_ids(query_modality, sample, seed)
+            if not len(query_ids):
+                continue
+            queries = self.catalog.vectors(query_ids)
+            for target, index in self.indexes.items():
+                _, found = fx.search(index, queries, k + 1)
+                found = np.array(
+                    [
+                        [i for i in row if i != q][:k]
+                        for row, q in zip(found, query_ids, strict=True)
+                    ]
+                )
+                chunks = self.catalog.iter_vectors(target, batch=_READ_CHUNK)
+                _, exact = fx.exact_search((query_ids, queries), chunks, k, exclude_self=True)
+                out[f"{query_modality}->{target}"] = fx.recall_at_k(found, exact)
+        return out
+
+    def info(self) -> dict:
+        files = {m: self.path / f"{m}.faiss" for m in self.indexes}
+        return {
+            "path": str(self.path),
+            "spec": self.catalog.spec(),
+            "counts": {m: self.catalog.count(m) for m in MODALITIES},
+            "factory": self.factory,
+            "indexes": {
+                m: {
+                    "factory": self._factory_of(m),
+                    "vectors": int(self.indexes[m].ntotal),
+                    "bytes": files[m].stat().st_size if files[m].exists() else 0,
+                    **fx.search_settings(self.indexes[m]),
+                }
+                for m in self.indexes
+            },
+            "catalog_bytes": (self.path / CATALOG).stat().st_size,
+            "errors": len(self.catalog.errors()),
+        }
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # treated like a missing one: every file is checked and rebuilt if needed
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

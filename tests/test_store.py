@@ -1,0 +1,290 @@
+"""Catalog + FAISS index on synthetic vectors (no model): exactness, filters, drift, deletes."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from e5v_search import index as fx
+from e5v_search import store as store_module
+from e5v_search.catalog import Catalog, SpecMismatchError
+from e5v_search.errors import InputError
+from e5v_search.index import IndexBuildError
+from e5v_search.migrations import migrate
+from e5v_search.store import IndexNotFoundError, Store
+from e5v_search.testing import clustered_vectors
+
+DIM = 64
+SPEC = {
+    "model": "test/model",
+    "revision": "abc",
+    "dim": DIM,
+    "dtype": "float32",
+    "prompt_version": "e5v-1",
+    "transformers": "5.0",
+}
+
+
+def _items(n, modality="image", start=0):
+    return [
+        {
+            "modality": modality,
+            "source": f"/data/{modality}/{'a' if i % 2 else 'b'}/{start + i}.x",
+            "text": f"text {start + i}" if modality == "text" else None,
+            "metadata": {"group": (start + i) % 7, "name": f"n{start + i}"},
+        }
+        for i in range(n)
+    ]
+
+
+def _fill(path, n_image=600, n_text=400, factory=None, seed=0):
+    vectors = clustered_vectors(n_image + n_text, DIM, seed=seed)
+    store = Store.open(path, create=True)
+    items = _items(n_image, "image") + _items(n_text, "text", start=n_image)
+    ids = store.add(items, vectors, SPEC)
+    if factory:
+        store.rebuild(factory)
+    store.save()
+    return store, np.array(ids), vectors, np.array([i["modality"] for i in items])
+
+
+def _brute(queries, vectors, ids, k):
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def test_flat_top_k_equals_numpy_brute_force(tmp_path):
+    store, ids, vectors, modality = _fill(tmp_path / "ix")
+    queries = clustered_vectors(20, DIM, seed=9)
+    for mod in ("image", "text", None):
+        mask = modality == mod if mod else np.ones(len(ids), bool)
+        scores, expected = _brute(queries, vectors[mask], ids[mask], 10)
+        hits = store.search(queries, k=10, modality=mod)
+        assert [[h.id for h in row] for row in hits] == expected.tolist()
+        got_scores = np.array([[h.score for h in row] for row in hits])
+        assert np.allclose(got_scores, scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("factory", "floor"),
+    [("HNSW32", 0.95), ("IVF16,Flat", 0.95), ("SQfp16", 0.99), ("IVF16,PQ64x4", 0.7)],
+)
+def test_approximate_types_keep_recall_above_a_floor(tmp_path, factory, floor):
+    store, ids, vectors, modality = _fill(
+        tmp_path / "ix", n_image=3000, n_text=300, factory=factory
+    )
+    queries = clustered_vectors(50, DIM, seed=11)
+    mask = modality == "image"
+    _, expected = _brute(queries, vectors[mask], ids[mask], 10)
+    found = np.array([[h.id for h in row] for row in store.search(queries, 10, "image")])
+    assert fx.recall_at_k(found, expected) >= floor
+    recall = store.recall(k=10, sample=50)
+    assert set(recall) == {"image->image", "image->text", "text->image", "text->text"}
+    assert min(recall.values()) >= floor - 0.1
+
+
+def test_modality_search_is_exact_in_count_on_a_1_percent_modality(tmp_path):
+    store, ids, vectors, modality = _fill(tmp_path / "ix", n_image=1980, n_text=20)
+    queries = clustered_vectors(3, DIM, seed=3)
+    for row in store.search(queries, k=10, modality="text"):
+        assert len(row) == 10 and {h.modality for h in row} == {"text"}
+    assert all(len(row) == 20 for row in store.search(queries, k=50, modality="text"))
+    assert all(len(row) == 50 for row in store.search(queries, k=50))
+
+
+@pytest.mark.parametrize("exact_limit", [4096, 10])  # scored directly, or a FAISS id selector
+@pytest.mark.parametrize("factory", [None, "HNSW32", "IVF8,Flat"])
+def test_filters_apply_during_the_search(tmp_path, monkeypatch, exact_limit, factory):
+    monkeypatch.setattr(store_module, "EXACT_CANDIDATES", exact_limit)
+    store, ids, vectors, modality = _fill(tmp_path / "ix", factory=factory)
+    groups = np.array([i % 7 for i in range(len(ids))])
+    queries = clustered_vectors(5, DIM, seed=5)
+    where = "json_extract(metadata, '$.group') = ?"
+    hits = store.search(queries, k=15, modality="image", where=where, params=[3])
+    mask = (modality == "image") & (groups == 3)
+    _, expected = _brute(queries, vectors[mask], ids[mask], 15)
+    found = np.array([[h.id for h in row] for row in hits])
+    assert found.shape == (5, 15)  # k results although the group is a seventh of the images
+    assert set(found.ravel()) <= set(ids[mask])
+    assert fx.recall_at_k(found, expected) >= (1.0 if factory is None else 0.9)
+
+
+def test_a_bad_filter_is_named(tmp_path):
+    store, *_ = _fill(tmp_path / "ix", 10, 10)
+    with pytest.raises(InputError, match="bad filter"):
+        store.search(clustered_vectors(1, DIM), where="no_such_column = 1")
+
+
+def test_a_crash_between_commit_and_index_save_is_repaired_on_open(tmp_path):
+    path = tmp_path / "ix"
+    store, ids, vectors, _ = _fill(path)
+    new = clustered_vectors(5, DIM, seed=42)
+    new_ids = store.add(_items(5, "image", start=5000), new, SPEC)  # committed, never saved
+    store.delete(ids[:3])
+    store.update([int(ids[10])], _items(1, "image", start=10), new[:1] * -1, SPEC)
+    store.close()  # the process dies here: the index files on disk are the old ones
+
+    reopened = Store.open(path)
+    assert any("missed changes" in line for line in reopened.repairs)
+    hits = reopened.search(new, k=1, modality="image")
+    assert [row[0].id for row in hits] == new_ids
+    everything = reopened.search(vectors[:3], k=1000)
+    assert not {h.id for row in everything for h in row} & set(ids[:3].tolist())
+    assert reopened.search(-new[:1], k=1, modality="image")[0][0].id == ids[10]
+    reopened.close()
+    assert Store.open(path).repairs == []  # the repair was saved
+
+
+def test_a_killed_writer_process_is_repaired_on_open(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "ix"
+    _fill(path)[0].close()
+    code = (
+        "import os, sys, numpy as np\n"
+        "from e5v_search.store import Store\n"
+        "from e5v_search.testing import clustered_vectors\n"
+        f"s = Store.open({str(path)!r})\n"
+        "spec = s.catalog.spec()\n"
+        "s.add([{'modality': 'text', 'source': 'late'}], clustered_vectors(1, 64, seed=77), spec)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    reopened = Store.open(path)
+    assert reopened.repairs and reopened.catalog.count("text") == 401
+    assert reopened.indexes["text"].ntotal == 401
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "manifest"])
+def test_a_missing_or_broken_index_file_is_rebuilt_and_reported(tmp_path, damage):
+    path = tmp_path / "ix"
+    store, ids, vectors, _ = _fill(path)
+    before = store.search(vectors[:5], k=10)
+    store.close()
+    if damage == "delete":
+        (path / "image.faiss").unlink()
+    elif damage == "garbage":
+        (path / "image.faiss").write_bytes(b"not a faiss index")
+    else:
+        (path / "manifest.json").unlink()
+    reopened = Store.open(path)
+    assert any("rebuilt" in line for line in reopened.repairs)
+    after = reopened.search(vectors[:5], k=10)
+    assert [[h.id for h in r] for r in after] == [[h.id for h in r] for r in before]
+
+
+@pytest.mark.parametrize("factory", [None, "HNSW32", "IVF8,Flat"])
+def test_deleted_items_never_come_back(tmp_path, factory):
+    store, ids, vectors, modality = _fill(tmp_path / "ix", factory=factory)
+    assert store.delete(ids[:5]) == 5
+    assert store.delete_where("json_extract(metadata, '$.group') = ?", [2]) > 0
+    assert store.delete_source_prefix("/data/text/a/") > 0
+    gone = set(ids[:5].tolist()) | {int(i) for i in ids if i % 7 == 2} - {0}
+    hits = store.search(vectors, k=20)
+    returned = {h.id for row in hits for h in row}
+    assert not returned & set(ids[:5].tolist())
+    rows = store.catalog.get(list(returned))
+    assert all(r["metadata"]["group"] != 2 for r in rows)
+    assert not any(r["source"].startswith("/data/text/a/") for r in rows)
+    assert gone  # the filters did select something
+    store.save()
+    for modality_name, index in store.indexes.items():
+        assert index.ntotal == store.catalog.count(modality_name)
+
+
+def test_flat_rebuild_gives_the_same_results(tmp_path):
+    store, ids, vectors, _ = _fill(tmp_path / "ix")
+    before = store.search(vectors[:10], k=10)
+    stats = store.rebuild("Flat")
+    assert {s["modality"] for s in stats} == {"image", "text"}
+    after = store.search(vectors[:10], k=10)
+    assert [[(h.id, round(h.score, 5)) for h in r] for r in after] == [
+        [(h.id, round(h.score, 5)) for h in r] for r in before
+    ]
+
+
+def test_rebuild_needs_enough_vectors_to_train(tmp_path):
+    store, *_ = _fill(tmp_path / "ix", n_image=50, n_text=20)
+    with pytest.raises(IndexBuildError, match="cannot train 'IVF256,Flat' on 50 vectors"):
+        store.rebuild("IVF256,Flat")
+    with pytest.raises(IndexBuildError, match="cannot make FAISS index 'NoSuchIndex99'"):
+        store.rebuild("NoSuchIndex99")
+    store, *_ = _fill(tmp_path / "ix2", n_image=2000, n_text=20)
+    stats = {s["modality"]: s for s in store.rebuild("IVF32,Flat")}
+    assert stats["image"]["factory"] == "IVF32,Flat"
+    assert stats["text"]["factory"] == "Flat" and "too few" in stats["text"]["note"]
+    assert store.info()["indexes"]["text"]["factory"] == "Flat"
+
+
+def test_a_query_or_ingest_with_another_spec_is_refused(tmp_path):
+    store, *_ = _fill(tmp_path / "ix", 10, 10)
+    other = dict(SPEC, model="someone/else", prompt_version="e5v-2")
+    with pytest.raises(SpecMismatchError, match="model: index 'test/model', ingest 'someone/else'"):
+        store.add(_items(1), clustered_vectors(1, DIM), other)
+    with pytest.raises(SpecMismatchError, match="prompt_version"):
+        store.catalog.check_spec(other)
+    notes = store.catalog.check_spec(dict(SPEC, dtype="float16"))
+    assert notes == ["dtype: index 'float32', query 'float16'"]
+
+
+def test_a_catalog_of_the_previous_schema_migrates(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, upto="m001_base") == ["m001_base"]
+    conn.execute(
+        "INSERT INTO items (id, modality, source, added_at, updated_at) "
+        "VALUES (1, 'text', 'old.txt', 'then', 'then')"
+    )
+    conn.close()
+    catalog = Catalog(path)
+    assert catalog.migrations_applied == ["m002_change_tracking"]
+    assert catalog.get([1])[0]["source"] == "old.txt" and catalog.get([1])[0]["seq"] == 0
+    assert Catalog(path).migrations_applied == []
+
+
+def test_opening_a_missing_index_says_how_to_create_it(tmp_path):
+    with pytest.raises(IndexNotFoundError, match="e5v-search ingest SOURCES --index"):
+        Store.open(tmp_path / "nothing")
+
+
+def test_saves_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ix"
+    store, ids, vectors, _ = _fill(path)
+    good = (path / "image.faiss").read_bytes()
+
+    def dies_half_way(index, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fx.faiss, "write_index", dies_half_way)
+    with pytest.raises(InputError, match="already in the catalog"):
+        store.add(_items(1), clustered_vectors(1, DIM, seed=8), SPEC)
+    store.add(_items(1, start=9000), clustered_vectors(1, DIM, seed=8), SPEC)
+    with pytest.raises(OSError, match="disk full"):
+        store.save()
+    assert (path / "image.faiss").read_bytes() == good
+    assert not list(path.glob("*.tmp"))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["indexes"]["image"]["count"] == 600
+
+
+def test_info_reports_counts_types_and_sizes(tmp_path):
+    store, *_ = _fill(tmp_path / "ix", 30, 20)
+    info = store.info()
+    assert info["counts"] == {"image": 30, "text": 20}
+    assert info["indexes"]["image"]["vectors"] == 30 and info["indexes"]["image"]["bytes"] > 0
+    assert info["spec"]["model"] == "test/model"
+
+
+@pytest.mark.gpu
+def test_gpu_search_matches_cpu(tmp_path):
+    if fx.faiss.get_num_gpus() < 1:
+        pytest.skip("FAISS sees no GPU")
+    store, ids, vectors, _ = _fill(tmp_path / "ix")
+    gpu = store.search(vectors[:10], k=10, modality="image")
+    cpu_scores, cpu_ids = fx.search(store.indexes["image"], vectors[:10], 10)
+    assert [[h.id for h in r] for r in gpu] == cpu_ids.tolist()
