@@ -131,6 +131,8 @@ class Store:
         gone = self.catalog.deleted_since(covered)[modality]
         changed = [chunk for chunk in self.catalog.iter_vectors(modality, since_seq=covered)]
         changed_ids = np.concatenate([c[0] for c in changed]) if changed else np.empty(0, np.int64)
+        if not len(changed_ids) and not len(gone):
+            return  # the changes it missed were all in the other modality
         # An updated item is removed then added again with its new vector.
         if not fx.remove(index, np.concatenate([gone, changed_ids])):
             self._rebuild(modality, self._factory_of(modality), "missed changes, cannot remove")

@@ -1,0 +1,41 @@
+"""The maintenance and benchmark scripts run end to end on small inputs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from e5v_search.store import Store
+from e5v_search.testing import clustered_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = {"model": "m", "revision": None, "dim": 32, "dtype": "float32", "prompt_version": "e5v-1"}
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def test_rebuild_script_rebuilds_and_reports_recall(tmp_path):
+    store = Store.open(tmp_path / "ix", create=True)
+    items = [{"modality": "image" if i % 4 else "text", "source": str(i)} for i in range(400)]
+    store.add(items, clustered_vectors(400, 32), SPEC)
+    store.save()
+    store.close()
+    result = _run("scripts/rebuild_index.py", str(tmp_path / "ix"), "--type", "HNSW32")
+    assert result.returncode == 0, result.stderr
+    assert "| image | HNSW32 | 300 |" in result.stdout
+    assert "| text->image |" in result.stdout and "| image->text |" in result.stdout
+    assert Store.open(tmp_path / "ix").info()["indexes"]["image"]["factory"] == "HNSW32"
+
+
+def test_rebuild_script_names_what_is_wrong(tmp_path):
+    result = _run("scripts/rebuild_index.py", str(tmp_path / "none"))
+    assert result.returncode == 1 and "no index at" in result.stderr
+
+
+def test_build_tiny_model_script_writes_a_checkpoint(tmp_path):
+    result = _run("scripts/build_tiny_model.py", str(tmp_path / "m"), "--legacy")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "model.safetensors").exists()
