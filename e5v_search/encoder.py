@@ -7,7 +7,10 @@ batching under a token budget with the longest items first, and repairing legacy
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +21,11 @@ from . import checkpoint, prompts
 from .batching import plan_batches
 from .config import DEFAULT_MODEL
 from .errors import InputError, ModelLoadError
-from .images import image_size, load_image
+from .images import DEFAULT_MAX_PIXELS, image_size, load_image
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PROGRESS_MIN_ITEMS = 64
+LOOKAHEAD_BATCHES = 2  # batches prepared ahead of the model: keeps it fed, bounds memory
 _DTYPES = {
     "float16": "float16",
     "fp16": "float16",
@@ -32,6 +36,15 @@ _DTYPES = {
     "fp32": "float32",
     "float": "float32",
 }
+
+
+@dataclass
+class PreparedImage:
+    """One image decoded and preprocessed: its anyres crops, its size and its prompt's length."""
+
+    pixel_values: Any  # torch.Tensor (crops, 3, crop, crop)
+    size: tuple[int, int]  # (height, width)
+    n_tokens: int
 
 
 @dataclass
@@ -90,7 +103,10 @@ class E5VEncoder:
         self.batch_size = batch_size
         self.repairs = checkpoint.repair(self.model, processor)
         self.context = self.model.config.text_config.max_position_embeddings
-        self._image_prompt_tokens = len(self.tokenizer(prompts.IMAGE_PROMPT).input_ids) - 1
+        ids = self.tokenizer(prompts.IMAGE_PROMPT).input_ids
+        at = ids.index(self.model.config.image_token_id)
+        self._image_ids = (ids[:at], ids[at + 1 :])  # the prompt around its <image> placeholder
+        self._image_prompt_tokens = len(ids) - 1
 
     @classmethod
     def from_pretrained(
@@ -173,13 +189,33 @@ class E5VEncoder:
         requests = [_Request(prompt="", n_tokens=len(ids), ids=ids) for _, ids in encoded]
         return self._run(requests, progress)
 
-    def embed_images(self, images, *, progress: bool | None = None) -> np.ndarray:
+    def embed_images(
+        self, images, *, progress: bool | None = None, workers: int | None = None
+    ) -> np.ndarray:
+        """Images (paths or PIL images). Decoding and anyres preprocessing run ahead of the model
+        in `workers` threads (default: up to 8), two batches ahead."""
         images = _as_list(images, object, "images")
         counts = self.count_image_tokens([image_size(image) for image in images])
         requests = [
             _Request(prompts.IMAGE_PROMPT, self._image_prompt_tokens + n, image=image)
             for image, n in zip(images, counts, strict=True)
         ]
+        workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        return self._run(requests, progress, workers)
+
+    def prepare_image(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+        """Decode and preprocess one image for `embed_prepared`; thread-safe, so a pipeline can
+        run it in workers ahead of the model. Raises InputError naming a bad file."""
+        rgb = load_image(image, max_pixels)
+        pixels = self.processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
+        size = (rgb.height, rgb.width)
+        n_tokens = self._image_prompt_tokens + self.count_image_tokens([size])[0]
+        return PreparedImage(pixels[0], size, n_tokens)
+
+    def embed_prepared(
+        self, prepared: list[PreparedImage], *, progress: bool | None = None
+    ) -> np.ndarray:
+        requests = [_Request("", p.n_tokens, image=p) for p in prepared]
         return self._run(requests, progress)
 
     def embed_composed(self, images, texts, *, progress: bool | None = None) -> np.ndarray:
@@ -232,7 +268,7 @@ class E5VEncoder:
             )
         return encoded
 
-    def _run(self, requests: list[_Request], progress: bool | None) -> np.ndarray:
+    def _run(self, requests: list[_Request], progress: bool | None, workers: int = 0):
         from tqdm.auto import tqdm
 
         out = np.empty((len(requests), self.dim), dtype=np.float32)
@@ -241,33 +277,77 @@ class E5VEncoder:
         )
         show = len(requests) >= PROGRESS_MIN_ITEMS if progress is None else progress
         # disable=None lets tqdm stay silent when stderr is not a terminal.
-        with tqdm(
+        bar = tqdm(
             total=len(requests), unit="item", desc="embedding", disable=None if show else True
-        ) as bar:
-            for batch in batches:
-                out[batch] = self._forward([requests[i] for i in batch])
+        )
+        pool = ThreadPoolExecutor(workers) if workers else None
+        try:
+            ahead: deque = deque()
+            planned = iter(batches)
+            while True:
+                while len(ahead) < LOOKAHEAD_BATCHES and (batch := next(planned, None)):
+                    ahead.append((batch, self._start(pool, [requests[i] for i in batch])))
+                if not ahead:
+                    break
+                batch, started = ahead.popleft()
+                out[batch] = self._forward(self._inputs(started))
                 bar.update(len(batch))
+        finally:
+            bar.close()
+            if pool:
+                pool.shutdown(cancel_futures=True)
         return out
 
-    def _forward(self, batch: list[_Request]) -> np.ndarray:
+    def _start(self, pool, batch: list[_Request]) -> list:
+        """Begin preparing a batch: raw images are decoded and preprocessed in the pool."""
+        if pool is None or batch[0].image is None or batch[0].prompt != prompts.IMAGE_PROMPT:
+            return batch
+        return [pool.submit(self.prepare_image, r.image) for r in batch]
+
+    def _inputs(self, batch: list) -> dict:
+        """CPU tensors for one forward pass, always padded on the left."""
+        if isinstance(batch[0], Future):
+            batch = [_Request("", 0, image=f.result()) for f in batch]
+        first = batch[0]
+        if first.image is None:
+            return _left_pad([r.ids for r in batch], self.tokenizer.pad_token_id)
+        if first.prompt == prompts.IMAGE_PROMPT:
+            batch = [_Request("", 0, image=self.prepare_image(r.image)) for r in batch]
+        if isinstance(batch[0].image, PreparedImage):
+            return self._collate([r.image for r in batch])
+        return self.processor(  # composed queries: text and image in one prompt
+            text=[r.prompt for r in batch],
+            images=[load_image(r.image) for r in batch],
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+
+    def _collate(self, images: list[PreparedImage]) -> dict:
+        import torch
+
+        image_id = self.model.config.image_token_id
+        inputs = _left_pad(
+            [self._image_ids[0] + [image_id] * (p.n_tokens - self._image_prompt_tokens)
+             + self._image_ids[1] for p in images],
+            self.tokenizer.pad_token_id,
+        )  # fmt: skip
+        crops = max(p.pixel_values.shape[0] for p in images)
+        pixels = torch.zeros((len(images), crops, *images[0].pixel_values.shape[1:]))
+        for row, p in enumerate(images):
+            pixels[row, : p.pixel_values.shape[0]] = p.pixel_values  # the model drops the padding
+        inputs["pixel_values"] = pixels
+        inputs["image_sizes"] = torch.tensor([p.size for p in images], dtype=torch.long)
+        return inputs
+
+    def _forward(self, inputs: dict) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        if batch[0].image is None:
-            inputs = _left_pad([r.ids for r in batch], self.tokenizer.pad_token_id)
-        else:
-            inputs = self.processor(
-                text=[r.prompt for r in batch],
-                images=[load_image(r.image) for r in batch],
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            )
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         if not bool(inputs["attention_mask"][:, -1].all()):
-            raise RuntimeError(
-                "the tokenizer did not pad on the left: pooled vectors would be wrong"
-            )
+            raise RuntimeError("inputs are not padded on the left: pooled vectors would be wrong")
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
             hidden = self.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]

@@ -1,16 +1,22 @@
-"""Opening images for the encoder: files are read with their EXIF orientation applied."""
+"""Opening images for the encoder: any mode PIL reads becomes RGB, files get their EXIF
+orientation applied, animations give their first frame, and a pixel cap stops decompression
+bombs before any pixel is decoded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: past any camera; PIL itself refuses above ~179 MP
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+_HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
 
 
 def image_size(source) -> tuple[int, int]:
@@ -25,18 +31,44 @@ def image_size(source) -> tuple[int, int]:
     return height, width
 
 
-def load_image(source) -> Image.Image:
+def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An RGB image from a PIL image (used as given) or a path (EXIF orientation applied)."""
     if isinstance(source, Image.Image):
-        return source if source.mode == "RGB" else source.convert("RGB")
+        return to_rgb(source)
     with _open(source) as image:
-        return _read(source, lambda: ImageOps.exif_transpose(image).convert("RGB"))
+        if image.width * image.height > max_pixels:
+            raise InputError(
+                f"{source}: {image.width}x{image.height} is over the cap of {max_pixels:,} "
+                "pixels (a decompression bomb?); raise the cap if the image is real"
+            )
+        return _read(source, lambda: to_rgb(ImageOps.exif_transpose(image)))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB the way the E5-V processor makes it: transparency composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_DEPTH or image.mode in ("I", "F"):
+        image = _to_8_bit(image)
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    # PIL's own convert("RGB") clips 16-bit values at 255: most of such an image turns white.
+    values = np.asarray(image, dtype=np.float64)
+    top = _HIGH_DEPTH.get(image.mode) or max(float(values.max()), 1.0)
+    scaled = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def _read(source, action):
     try:
         return action()
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise InputError(f"{source}: cannot decode image ({error})") from error
 
 
@@ -47,6 +79,8 @@ def _open(source):
         return Image.open(source)
     except FileNotFoundError as error:
         raise InputError(f"{source}: no such file") from error
+    except IsADirectoryError as error:
+        raise InputError(f"{source}: is a directory, not an image") from error
     except UnidentifiedImageError as error:
         raise InputError(f"{source}: not an image PIL can read") from error
     except Image.DecompressionBombError as error:

@@ -130,3 +130,11 @@ def test_spec_names_everything_a_vector_depends_on(encoder, tiny_dir):
     assert spec["model"] == str(tiny_dir)
     assert spec["dim"] == 64 and spec["dtype"] == "float32"
     assert spec["prompt_version"] and spec["transformers"]
+
+
+def test_prepared_images_and_worker_threads_give_the_same_vectors(encoder, shaped_images):
+    serial = encoder.embed_images(shaped_images, workers=0)
+    threaded = encoder.embed_images(shaped_images, workers=3)
+    prepared = encoder.embed_prepared([encoder.prepare_image(p) for p in shaped_images])
+    assert np.abs(serial - threaded).max() <= TOL
+    assert np.abs(serial - prepared).max() <= TOL

@@ -74,3 +74,39 @@ def test_import_and_help_do_not_import_torch():
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
     )
     assert _modules_after(code).strip() == "[]"
+
+
+def test_every_image_mode_becomes_rgb(tmp_path):
+    import numpy as np
+
+    cases = {
+        "palette.png": Image.new("P", (8, 8), 3),
+        "alpha.png": Image.new("RGBA", (8, 8), (255, 0, 0, 0)),  # fully transparent red
+        "cmyk.jpg": Image.new("CMYK", (8, 8), (0, 255, 255, 0)),
+        "gray16.png": Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+        "half16.png": Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)),
+        "gray.png": Image.new("L", (8, 8), 7),
+        "bits.bmp": Image.new("1", (8, 8), 1),
+    }
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+        rgb = load_image(tmp_path / name)
+        assert rgb.mode == "RGB" and rgb.size == (8, 8), name
+    assert load_image(tmp_path / "alpha.png").getpixel((0, 0)) == (255, 255, 255)  # on white
+    assert load_image(tmp_path / "half16.png").getpixel((0, 0)) == (128, 128, 128)  # not clipped
+    frames = [Image.new("RGB", (8, 8), c) for c in [(250, 0, 0), (0, 0, 250)]]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    red, _, blue = load_image(tmp_path / "anim.gif").getpixel((0, 0))
+    assert red > 200 and blue < 50  # the first frame
+
+
+def test_the_pixel_cap_refuses_before_decoding(tmp_path):
+    import pytest
+
+    from e5v_search.errors import InputError
+
+    Image.new("RGB", (200, 100)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match="over the cap of 10,000 pixels"):
+        load_image(tmp_path / "big.png", max_pixels=10_000)
+    with pytest.raises(InputError, match="is a directory"):
+        load_image(tmp_path)
