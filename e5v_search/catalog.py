@@ -16,6 +16,7 @@ missed some changes knows exactly which ones (see store.py). Ids are never reuse
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from datetime import datetime, timezone
@@ -30,7 +31,10 @@ from .migrations import migrate, transaction
 MODALITIES = ("image", "text")
 # Fields that change the vector space: a query or an ingest must match them exactly.
 STRICT_SPEC_FIELDS = ("model", "revision", "dim", "prompt_version")
-ITEM_FIELDS = ("source", "locator", "text", "content_hash", "width", "height", "metadata")
+ITEM_FIELDS = (
+    "source", "locator", "text", "content_hash", "width", "height", "metadata",
+    "file_size", "file_mtime_ns",
+)  # fmt: skip
 _CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
 _METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -146,8 +150,8 @@ class Catalog:
             try:
                 self.conn.executemany(
                     "INSERT INTO items (id, modality, source, locator, text, content_hash, "
-                    "width, height, metadata, added_at, updated_at, seq) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "width, height, metadata, file_size, file_mtime_ns, added_at, updated_at, "
+                    "seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             except sqlite3.IntegrityError as error:
@@ -170,7 +174,8 @@ class Catalog:
             seq, stamp = self.seq + 1, now()
             self.conn.executemany(
                 "UPDATE items SET source=?, locator=?, text=?, content_hash=?, width=?, "
-                "height=?, metadata=?, updated_at=?, seq=? WHERE id=?",
+                "height=?, metadata=?, file_size=?, file_mtime_ns=?, updated_at=?, seq=? "
+                "WHERE id=?",
                 [(*_item_values(item), stamp, seq, i) for i, item in zip(ids, items, strict=True)],
             )
             self.conn.executemany(
@@ -199,10 +204,30 @@ class Catalog:
         return removed
 
     def record_error(self, source: str, reason: str, locator: str = "") -> None:
+        """Keep the latest error of an input (a rerun replaces it rather than adding one)."""
         with transaction(self.conn):
             self.conn.execute(
-                "INSERT INTO errors (source, locator, reason, occurred_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO errors (source, locator, reason, occurred_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source, locator) DO UPDATE SET reason = excluded.reason, "
+                "occurred_at = excluded.occurred_at",
                 (str(source), locator, reason, now()),
+            )
+
+    def clear_errors(self, keys: list[tuple[str, str]]) -> None:
+        """Forget the errors of inputs that have now been ingested."""
+        if keys:
+            with transaction(self.conn):
+                self.conn.executemany("DELETE FROM errors WHERE source = ? AND locator = ?", keys)
+
+    def touch(self, item_id: int, **fields) -> None:
+        """Change fields that do not change the vector (metadata, file state): no re-indexing."""
+        values = dict(zip(ITEM_FIELDS, _item_values(fields), strict=True))
+        sets = {k: values[k] for k in fields}
+        assignments = ", ".join(f"{k} = ?" for k in sets)
+        with transaction(self.conn):
+            self.conn.execute(
+                f"UPDATE items SET {assignments}, updated_at = ? WHERE id = ?",
+                [*sets.values(), now(), item_id],
             )
 
     def _check_batch(self, items, vectors, spec) -> None:
@@ -278,6 +303,38 @@ class Catalog:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             yield ids, decode_vectors([r[1] for r in rows], self.dim)
 
+    def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """The stored rows of these (source, locator) keys, by key."""
+        found = {}
+        for start in range(0, len(keys), _CHUNK // 2):
+            chunk = keys[start : start + _CHUNK // 2]
+            marks = " OR ".join(["(source = ? AND locator = ?)"] * len(chunk))
+            args = [value for key in chunk for value in key]
+            for row in self.db.query(f"SELECT * FROM items WHERE {marks}", args):
+                row["metadata"] = json.loads(row["metadata"])
+                found[(row["source"], row["locator"])] = row
+        return found
+
+    def find_hash(self, modality: str, content_hash: str) -> int | None:
+        """An item of this modality with this content: its vector can be reused."""
+        row = self.conn.execute(
+            "SELECT id FROM items WHERE modality = ? AND content_hash = ? LIMIT 1",
+            (modality, content_hash),
+        ).fetchone()
+        return row[0] if row else None
+
+    def keys_in(self, scope: list[str]) -> dict[tuple[str, str], int]:
+        """(source, locator) -> id of the items whose source is, or lies under, a scope entry."""
+        found = {}
+        for entry in scope:
+            sql = "SELECT id, source, locator FROM items WHERE "
+            if entry.endswith(os.sep):  # a folder: everything below it
+                rows = self.conn.execute(sql + "substr(source, 1, ?) = ?", (len(entry), entry))
+            else:
+                rows = self.conn.execute(sql + "source = ?", (entry,))
+            found.update({(source, locator): i for i, source, locator in rows})
+        return found
+
     def deleted_since(self, seq: int) -> dict[str, np.ndarray]:
         out = {m: [] for m in MODALITIES}
         for item_id, modality in self.conn.execute(
@@ -311,6 +368,8 @@ def _item_values(item: dict) -> tuple:
         item.get("width"),
         item.get("height"),
         json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+        item.get("file_size"),
+        item.get("file_mtime_ns"),
     )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+from pathlib import Path
 
 import click
 
@@ -54,6 +56,29 @@ def model_options(command):
         ),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def index_option(command):
+    return click.option(
+        "--index",
+        envvar="E5V_SEARCH_INDEX",
+        default="default",
+        show_default=True,
+        help="Index directory, or a name for indexes/NAME [env: E5V_SEARCH_INDEX].",
+    )(command)
+
+
+def _index_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    if len(path.parts) == 1 and not path.is_dir():
+        return Path("indexes") / value
+    return path
+
+
+def _open_engine(index, create=False, **model_args):
+    from .engine import Engine
+
+    return Engine.open(_index_path(index), create=create, **model_args)
 
 
 def _load_encoder(model, revision, device, dtype, batch_size, max_batch_tokens):
@@ -123,3 +148,202 @@ def similarity(texts, images, as_json, **model_args):
     for text, row in zip(texts, matrix, strict=True):
         label = text if len(text) <= 38 else text[:35] + "..."
         click.echo(f"{label:<40}" + "".join(f"{v:>{width + 2}.4f}" for v in row))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--text-field", help="Field of .jsonl / column of .csv holding the text [text].")
+@click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
+@click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
+@click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
+@model_options
+@_errors_to_click
+def ingest(sources, index, text_field, id_field, prune, workers, quiet, **model_args):
+    """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
+
+    Reruns embed only what is new or changed; a killed run continues where it stopped. Each
+    input that cannot be used is named on stderr, recorded (see `errors`) and skipped; the exit
+    status is then 3.
+
+    \b
+    Example:
+      e5v-search ingest ~/photos captions.jsonl --index photos
+    """
+
+    def report_error(error):
+        click.echo(f"skipped {error}", err=True)
+
+    with _open_engine(index, create=True, **model_args) as engine:
+        _echo_repairs(engine)
+        report = engine.ingest(
+            sources,
+            text_field=text_field,
+            id_field=id_field,
+            prune=prune,
+            workers=workers,
+            on_error=report_error,
+            progress=False if quiet else None,
+        )
+    if not quiet:
+        click.echo(
+            f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+            f"failed {report.failed}, pruned {report.pruned} in {report.seconds:.1f} s "
+            f"({report.items_per_second:.1f} items/s)",
+            err=True,
+        )
+    if report.failed:
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--image", "-i", type=click.Path(dir_okay=False), help="Query image (with QUERY: "
+              "E5-V's composed image+text query).")  # fmt: skip
+@click.option("--like", type=int, help="Id of a stored item: more like it.")
+@click.option("--type", "modality", type=click.Choice(["image", "text", "any"]),
+              help="What to return [the other modality of the query].")  # fmt: skip
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--where", help="SQL condition on items, e.g. \"json_extract(metadata, '$.album') = 'x'\"."
+)
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata equality filter (repeatable).")
+@click.option(
+    "--add", "-a", "add", multiple=True, help="Move the query towards this text or image."
+)
+@click.option(
+    "--subtract", "-s", multiple=True, help="Move the query away from this text or image."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result line.")
+@index_option
+@model_options
+@_errors_to_click
+def search(
+    query, image, like, modality, k, where, meta, add, subtract, as_json, index, **model_args
+):
+    """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
+
+    \b
+    Examples:
+      e5v-search search "a dog on a beach"
+      e5v-search search --image cat.jpg --type image -k 5
+      e5v-search search "a horse" --add "stripes" --subtract "black and white"
+    """
+    filters = _parse_meta(meta)
+    if where and filters:
+        raise click.UsageError("use --where or --meta, not both")
+    with _open_engine(index, **model_args) as engine:
+        results = engine.search(
+            query, image, like=like, k=k, modality=modality, where=where or filters or None,
+            add=add, subtract=subtract,
+        )  # fmt: skip
+    for rank, result in enumerate(results, start=1):
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {_describe(result)}")
+    if not results and not as_json:
+        click.echo("no results", err=True)
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+@_errors_to_click
+def info(index, as_json):
+    """Counts per modality, the embedding spec, index types and sizes."""
+    with _open_engine(index) as engine:
+        _echo_repairs(engine)
+        data = engine.info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    spec = data["spec"] or {}
+    click.echo(f"index:   {data['path']}")
+    click.echo(f"items:   {data['counts']['image']} images, {data['counts']['text']} texts")
+    details = ", ".join(
+        f"{k} {spec.get(k)}" for k in ("revision", "dtype", "dim", "prompt_version")
+    )
+    click.echo(f"model:   {spec.get('model')} ({details})")
+    for modality, entry in data["indexes"].items():
+        settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
+        click.echo(f"{modality + ':':<8} {entry['factory']}, {entry['vectors']} vectors, "
+                   f"{entry['bytes'] / 2**20:.1f} MiB {settings or ''}")  # fmt: skip
+    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
+
+
+@cli.command()
+@index_option
+@click.option("--type", "factory", help="FAISS factory string (Flat, HNSW32, IVF4096,PQ64...).")
+@click.option("--nprobe", type=int, help="IVF lists searched per query.")
+@click.option("--ef-search", type=int, help="HNSW search depth.")
+@click.option("--recall/--no-recall", default=True, help="Measure recall@10 against exact search.")
+@_errors_to_click
+def rebuild(index, factory, nprobe, ef_search, recall):
+    """Rebuild the FAISS indexes from the stored vectors (no model, no re-encoding)."""
+    with _open_engine(index) as engine:
+        _echo_repairs(engine)
+        for s in engine.rebuild(factory, nprobe=nprobe, ef_search=ef_search):
+            click.echo(f"{s['modality']}: {s['factory']}, {s['vectors']} vectors in "
+                       f"{s['seconds']:.1f} s, {s['bytes'] / 2**20:.1f} MiB"
+                       + (f" ({s['note']})" if "note" in s else ""))  # fmt: skip
+        if recall:
+            for pair, value in engine.recall().items():
+                click.echo(f"recall@10 {pair}: {value:.3f}")
+
+
+@cli.command()
+@index_option
+@click.option("--id", "ids", type=int, multiple=True, help="Item id (repeatable).")
+@click.option("--source-prefix", help="Delete items whose source path starts with this.")
+@click.option("--where", help="SQL condition on items.")
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata equality filter (repeatable).")
+@_errors_to_click
+def delete(index, ids, source_prefix, where, meta):
+    """Delete items from the catalog and the index."""
+    filters = _parse_meta(meta)
+    with _open_engine(index) as engine:
+        removed = engine.delete(
+            list(ids), source_prefix=source_prefix, where=where or filters or None
+        )
+    click.echo(f"deleted {removed} items", err=True)
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+@_errors_to_click
+def errors(index, as_json):
+    """Inputs that could not be ingested, and why."""
+    with _open_engine(index) as engine:
+        rows = engine.errors()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            where = f" ({row['locator']})" if row["locator"] else ""
+            click.echo(f"{row['source']}{where}: {row['reason']}")
+
+
+def _parse_meta(pairs) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.UsageError(f"--meta {pair!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _describe(result) -> str:
+    where = f" ({Path(result.source).name}, {result.locator})" if result.locator else ""
+    if result.modality == "text":
+        text = result.text if len(result.text) <= 80 else result.text[:77] + "..."
+        return f"{text}{where}"
+    return str(result.source)
+
+
+def _echo_repairs(engine) -> None:
+    for line in engine.store.repairs:
+        click.echo(f"repaired: {line}", err=True)

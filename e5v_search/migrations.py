@@ -62,7 +62,22 @@ def m002_change_tracking(db) -> None:
     )
 
 
-MIGRATIONS = [m001_base, m002_change_tracking]
+def m003_file_state_and_unique_errors(db) -> None:
+    """The size and mtime of an image file, so a rerun skips an unchanged file without reading
+    it; and one error row per input (the latest), so reruns do not pile up duplicates."""
+    db.executescript(
+        """
+        ALTER TABLE items ADD COLUMN file_size INTEGER;
+        ALTER TABLE items ADD COLUMN file_mtime_ns INTEGER;
+        DELETE FROM errors WHERE id NOT IN (
+            SELECT max(id) FROM errors GROUP BY source, locator
+        );
+        CREATE UNIQUE INDEX errors_input ON errors (source, locator);
+        """
+    )
+
+
+MIGRATIONS = [m001_base, m002_change_tracking, m003_file_state_and_unique_errors]
 
 
 def migrate(conn, upto: str | None = None) -> list[str]:

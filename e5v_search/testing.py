@@ -273,6 +273,46 @@ def make_sample_images(folder: str | Path) -> list[Path]:
     return paths
 
 
+COLORS = {"red": (200, 30, 30), "green": (40, 160, 60), "blue": (30, 60, 200),
+          "yellow": (220, 200, 40), "black": (20, 20, 20), "white": (250, 250, 250)}  # fmt: skip
+SHAPES = ("circle", "square", "triangle", "stripe")
+BACKGROUNDS = {"grey": (128, 128, 128), "pale": (240, 235, 220)}
+
+
+def make_sample_corpus(folder: str | Path) -> dict[str, Path]:
+    """A small corpus like a user's: 48 drawn images (6 colours x 4 shapes x 2 backgrounds) in
+    nested folders, and a captions.jsonl describing each, with metadata."""
+    folder = Path(folder)
+    captions = []
+    for color, rgb in COLORS.items():
+        for shape in SHAPES:
+            for background, bg in BACKGROUNDS.items():
+                name = f"{color}-{shape}-{background}.png"
+                path = folder / "images" / background / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _draw(shape, rgb, bg).save(path)
+                captions.append({"text": f"A {color} {shape} on a {background} background.",
+                                 "image": f"images/{background}/{name}", "color": color,
+                                 "shape": shape})  # fmt: skip
+    lines = [json.dumps(c) for c in captions]
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return {"images": folder / "images", "captions": folder / "captions.jsonl"}
+
+
+def _draw(shape: str, color, background) -> Image.Image:
+    image = Image.new("RGB", (160, 120), background)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse([40, 20, 120, 100], fill=color)
+    elif shape == "square":
+        draw.rectangle([40, 20, 120, 100], fill=color)
+    elif shape == "triangle":
+        draw.polygon([(80, 15), (130, 105), (30, 105)], fill=color)
+    else:
+        draw.rectangle([0, 45, 160, 75], fill=color)
+    return image
+
+
 def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5, seed: int = 0):
     """Unit vectors around random cluster centres: like embeddings, unlike uniform noise (on
     which every ANN index looks equally bad)."""

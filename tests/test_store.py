@@ -243,7 +243,10 @@ def test_a_catalog_of_the_previous_schema_migrates(tmp_path):
     )
     conn.close()
     catalog = Catalog(path)
-    assert catalog.migrations_applied == ["m002_change_tracking"]
+    assert catalog.migrations_applied == [
+        "m002_change_tracking",
+        "m003_file_state_and_unique_errors",
+    ]
     assert catalog.get([1])[0]["source"] == "old.txt" and catalog.get([1])[0]["seq"] == 0
     assert Catalog(path).migrations_applied == []
 
