@@ -6,7 +6,7 @@ Importing the package stays light (no torch, no transformers): heavy modules loa
 from .errors import E5VSearchError, InputError, ModelLoadError
 
 __version__ = "0.1.0"
-__all__ = ["E5VEncoder", "E5VSearchError", "InputError", "ModelLoadError", "__version__"]
+__all__ = ["E5VEncoder", "E5VSearchError", "Engine", "InputError", "ModelLoadError", "__version__"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from .encoder import E5VEncoder
 
         return E5VEncoder
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
     raise AttributeError(f"module 'e5v_search' has no attribute {name!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def index_option(command):
 
 
 def _index_path(value: str) -> Path:
+    """A bare name (no slash) that is not an existing folder means indexes/NAME."""
     path = Path(value).expanduser()
-    if len(path.parts) == 1 and not path.is_dir():
+    if "/" not in value and os.sep not in value and not path.is_dir():
         return Path("indexes") / value
     return path
 
@@ -268,8 +270,9 @@ def info(index, as_json):
     click.echo(f"model:   {spec.get('model')} ({details})")
     for modality, entry in data["indexes"].items():
         settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
+        extra = f" {settings}" if settings else ""
         click.echo(f"{modality + ':':<8} {entry['factory']}, {entry['vectors']} vectors, "
-                   f"{entry['bytes'] / 2**20:.1f} MiB {settings or ''}")  # fmt: skip
+                   f"{entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
     click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
 
 
@@ -347,3 +350,7 @@ def _describe(result) -> str:
 def _echo_repairs(engine) -> None:
     for line in engine.store.repairs:
         click.echo(f"repaired: {line}", err=True)
+
+
+if __name__ == "__main__":
+    cli()

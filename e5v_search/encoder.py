@@ -8,6 +8,7 @@ batching under a token budget with the longest items first, and repairing legacy
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,7 +129,7 @@ class E5VEncoder:
             processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
             # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B.
             placement = {} if device == "cpu" else {"device_map": device}
-            with _quiet_transformers():  # its load report lists the lm_head we skip on purpose
+            with _quiet_transformers():
                 net, info = LlavaNextModel.from_pretrained(
                     model,
                     revision=revision,
@@ -356,14 +357,20 @@ class E5VEncoder:
 
 @contextmanager
 def _quiet_transformers():
+    """No load report (it lists the lm_head skipped on purpose); a loading bar only on a
+    terminal, where it helps with 16 GB of weights."""
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bar:
+            logging.enable_progress_bar()
 
 
 def _left_pad(sequences: list[list[int]], pad_id: int) -> dict:
