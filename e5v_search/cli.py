@@ -159,10 +159,12 @@ def similarity(texts, images, as_json, **model_args):
 @click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
 @click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Refuse larger images (decompression bombs).")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
 @model_options
 @_errors_to_click
-def ingest(sources, index, text_field, id_field, prune, workers, quiet, **model_args):
+def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, quiet, **model_args):
     """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
 
     Reruns embed only what is new or changed; a killed run continues where it stopped. Each
@@ -185,6 +187,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, quiet, **model_
             id_field=id_field,
             prune=prune,
             workers=workers,
+            max_pixels=max_pixels,
             on_error=report_error,
             progress=False if quiet else None,
         )

@@ -118,6 +118,7 @@ class Engine:
         id_field: str | None = None,
         prune: bool = False,
         workers: int | None = None,
+        max_pixels: int | None = None,
         on_error=None,
         progress: bool | None = None,
     ) -> IngestReport:
@@ -125,7 +126,14 @@ class Engine:
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped."""
         started = time.perf_counter()
         report = IngestReport()
-        run = Ingestion(self, report, workers=workers, on_error=on_error, progress=progress)
+        run = Ingestion(
+            self,
+            report,
+            workers=workers,
+            on_error=on_error,
+            progress=progress,
+            max_pixels=max_pixels,
+        )
         run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
         report.seconds = time.perf_counter() - started
         return report

@@ -14,13 +14,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import InputError
+from .images import DEFAULT_MAX_PIXELS
 from .sources import SourceError, SourceItem, file_hash, scan, scope_of, text_hash
 
 CHUNK = 64  # items committed together; bounds the decoded images held ahead of the model
 
 
 class Ingestion:
-    def __init__(self, engine, report, *, workers=None, on_error=None, progress=None):
+    def __init__(
+        self, engine, report, *, workers=None, on_error=None, progress=None, max_pixels=None
+    ):
         self.engine = engine
         self.store = engine.store
         self.catalog = engine.store.catalog
@@ -28,6 +31,7 @@ class Ingestion:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.on_error = on_error
         self.progress = progress
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         self._spec = None
 
     def run(self, sources, *, text_field=None, id_field=None, prune=False) -> None:
@@ -90,7 +94,7 @@ class Ingestion:
     def _decode(self, item: SourceItem):
         try:
             content_hash = file_hash(item.source)
-            return content_hash, self.engine.encoder.prepare_image(item.source)
+            return content_hash, self.engine.encoder.prepare_image(item.source, self.max_pixels)
         except InputError as error:
             return SourceError(item.source, "", str(error).removeprefix(f"{item.source}: "))
         except OSError as error:

@@ -209,8 +209,11 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
     assert "48 images, 48 texts" in info.stdout
 
     bad = _bad_inputs(tmp_path / "bad")
-    result = runner.invoke(cli, ["ingest", *map(str, bad), "--quiet"], env=env)
+    result = runner.invoke(
+        cli, ["ingest", *map(str, bad), "--quiet", "--max-pixels", "1000"], env=env
+    )
     assert result.exit_code == 3
+    assert "good.png: 60x40 is over the cap of 1,000 pixels" in result.stderr
     assert "skipped" in result.stderr and "c.jsonl (line 2): blank text" in result.stderr
     errors = runner.invoke(cli, ["errors"], env=env)
     assert "nope.png: no such file, folder or pattern" in errors.stdout
