@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py
 
-test: $(VENV)/.installed
+# The browser tests drive Debian's Chromium (Playwright cannot download a browser here).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	command -v apt-get >/dev/null && (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "no apt-get: install Chromium yourself, or the browser tests are skipped"
+
+test: $(VENV)/.installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

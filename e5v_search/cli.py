@@ -332,6 +332,35 @@ def errors(index, as_json):
             click.echo(f"{row['source']}{where}: {row['reason']}")
 
 
+@cli.command()
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(min=1))
+@model_options
+@_errors_to_click
+def serve(index, host, port, max_upload_mb, **model_args):
+    """Serve the search page and JSON API (OpenAPI docs at /docs), the model loaded once.
+
+    Listens on localhost unless --host says otherwise.
+    """
+    import uvicorn
+
+    from .server import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who reaches it can search", err=True)
+    engine = _open_engine(index, **model_args)
+    _echo_repairs(engine)
+    app = create_app(engine, max_upload_bytes=max_upload_mb * 2**20)
+    click.echo(f"e5v-search on http://{host}:{port}/ (index {engine.store.path})", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        app.state.worker.close()
+        engine.close()
+
+
 def _parse_meta(pairs) -> dict:
     out = {}
     for pair in pairs:

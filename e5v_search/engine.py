@@ -62,6 +62,8 @@ class Engine:
         self.model = model
         self.encoder_options = encoder_options
         self._encoder = None
+        self._spec = None
+        self.notes: list[str] = []
 
     @classmethod
     def open(
@@ -103,10 +105,12 @@ class Engine:
         return self._encoder
 
     def spec(self) -> dict:
-        """The encoder's spec, checked against the index's: a mismatch raises."""
-        spec = self.encoder.spec()
-        self.notes = self.store.catalog.check_spec(spec)
-        return spec
+        """The encoder's spec, checked against the index's (once): a mismatch raises."""
+        if self._spec is None:
+            spec = self.encoder.spec()
+            self.notes = self.store.catalog.check_spec(spec)
+            self._spec = spec
+        return self._spec
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -146,6 +150,8 @@ class Engine:
         image=None,
         *,
         like: int | None = None,
+        vector=None,
+        vector_of: str = "text",
         k: int = 10,
         modality: str | None = None,
         where: str | dict | None = None,
@@ -156,8 +162,13 @@ class Engine:
         """Top-k items for a text, an image, both (E5-V's composed query) or a stored item
         (`like`), optionally moved towards `add` and away from `subtract` queries (texts, image
         paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
-        ("any" searches both); `where` is SQL on the items table or a {metadata key: value} dict."""
-        query, own = self._query_vector(text, image, like)
+        ("any" searches both); `where` is SQL on the items table or a {metadata key: value} dict.
+        `vector` is a query already embedded (from a `vector_of` query: text, image, composed)."""
+        if vector is not None:
+            query = np.asarray(vector, dtype=np.float32)
+            own = "text" if vector_of == "image" else "image"
+        else:
+            query, own = self._query_vector(text, image, like)
         for terms, sign in ((add, 1.0), (subtract, -1.0)):
             for term in terms:
                 value, weight = term if isinstance(term, tuple) else (term, 1.0)

@@ -1,0 +1,222 @@
+"""The HTTP API and the search page (FastAPI). Handlers only call the engine.
+
+The engine is opened and the model loaded once, at start-up. Every model call goes through one
+`ModelWorker` thread; FAISS and catalog reads are serialised by a lock (they take milliseconds).
+Files are served only for items the catalog knows, by integer id; uploads are size- and
+type-checked; the only files written are thumbnails inside the index directory.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from .errors import E5VSearchError, InputError
+from .images import DEFAULT_MAX_PIXELS, to_rgb
+from .serving import THUMBNAIL_SIZES, ModelWorker, ThumbnailCache
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 20 * 2**20
+Modality = Literal["image", "text", "any"]
+
+
+class ResultOut(BaseModel):
+    id: int
+    score: float
+    modality: str
+    source: str | None
+    locator: str
+    text: str | None
+    metadata: dict
+    thumbnail: str | None
+
+
+class SearchOut(BaseModel):
+    results: list[ResultOut]
+    took_ms: float
+
+
+def create_app(
+    engine,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    thumbnail_cache_bytes: int = 256 * 2**20,
+    text_cache_size: int = 1024,
+) -> FastAPI:
+    engine.spec()  # load the model now, and refuse a model the index was not built with
+    worker = ModelWorker(engine.encoder, cache_size=text_cache_size)
+    thumbnails = ThumbnailCache(engine.store.path / "thumbnails", thumbnail_cache_bytes)
+    store_lock = threading.Lock()
+    app = FastAPI(
+        title="e5v-search",
+        description="Multimodal search with E5-V: texts and images in one vector space.",
+        version="0.1.0",
+    )
+    app.state.worker = worker
+
+    @app.exception_handler(E5VSearchError)
+    async def library_error(request: Request, error: E5VSearchError):
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    def run_search(vector, vector_of, k, modality, meta, started) -> SearchOut:
+        with store_lock:
+            results = engine.search(
+                vector=vector, vector_of=vector_of, k=k, modality=modality, where=meta or None
+            )
+        return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
+
+    @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
+    def search(
+        q: str | None = Query(None, description="Query text", max_length=10_000),
+        like: int | None = Query(None, description="Id of a stored item: more like it"),
+        k: int = Query(10, ge=1, le=1000),
+        type: Modality | None = Query(None, description="Results' modality [other than query's]"),
+        meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
+    ):
+        started = time.perf_counter()
+        filters = _filters(meta)
+        if (q is None) == (like is None):
+            raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
+        if like is not None:
+            with store_lock:
+                if not engine.store.catalog.get([like]):
+                    raise HTTPException(404, f"no item with id {like}")
+                results = engine.search(like=like, k=k, modality=type, where=filters or None)
+            return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
+        if not q.strip():
+            raise HTTPException(400, "the query text is empty")
+        return run_search(worker.embed_text(q), "text", k, type, filters, started)
+
+    @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
+    async def search_image(
+        file: UploadFile = File(..., description="An image file"),
+        text: str | None = Form(None, description="With an image: how to modify it (composed)"),
+        k: int = Form(10, ge=1, le=1000),
+        type: Modality | None = Form(None),
+        meta: list[str] = Form([]),
+    ):
+        started = time.perf_counter()
+        image = await _read_upload(file, max_upload_bytes)
+        filters = _filters(meta)
+        text = text if text and text.strip() else None
+        vector = await _in_thread(worker.embed_image, image, text)
+        return await _in_thread(
+            run_search, vector, "composed" if text else "image", k, type, filters, started
+        )
+
+    @app.get("/api/items/{item_id}", summary="An item's metadata")
+    def item(item_id: int):
+        with store_lock:
+            rows = engine.store.catalog.get([item_id])
+        if not rows:
+            raise HTTPException(404, f"no item with id {item_id}")
+        row = rows[0]
+        return {**row, "thumbnail": _thumb_url(row["id"], row["modality"])}
+
+    @app.get("/api/info", summary="Counts, model spec, index types and sizes")
+    def info():
+        with store_lock:
+            return engine.info()
+
+    @app.get("/api/health", summary="Liveness and what is loaded")
+    def health():
+        with store_lock:
+            counts = {m: engine.store.catalog.count(m) for m in ("image", "text")}
+        encoder = engine.encoder
+        return {
+            "status": "ok",
+            "items": counts,
+            "model": encoder.model_id,
+            "device": str(encoder.device),
+        }
+
+    @app.get("/thumbs/{item_id}.jpg", summary="A thumbnail of a stored image")
+    def thumbnail(item_id: int, size: int = Query(256)):
+        if size not in THUMBNAIL_SIZES:
+            raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
+        row = _image_item(item_id)
+        try:
+            path = thumbnails.get(row, size)
+        except InputError as error:
+            raise HTTPException(404, f"image {item_id} cannot be read now: {error}") from error
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+        )
+
+    @app.get("/files/{item_id}", summary="The original file of a stored image")
+    def original(item_id: int):
+        row = _image_item(item_id)
+        if not Path(row["source"]).is_file():
+            raise HTTPException(404, f"the file of item {item_id} is gone")
+        return FileResponse(row["source"])
+
+    def _image_item(item_id: int) -> dict:
+        with store_lock:
+            rows = engine.store.catalog.get([item_id])
+        if not rows or rows[0]["modality"] != "image" or not rows[0]["source"]:
+            raise HTTPException(404, f"no image with id {item_id}")
+        return rows[0]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return (STATIC / "index.html").read_text()
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _out(result) -> ResultOut:
+    return ResultOut(**result.to_dict(), thumbnail=_thumb_url(result.id, result.modality))
+
+
+def _thumb_url(item_id: int, modality: str) -> str | None:
+    return f"/thumbs/{item_id}.jpg" if modality == "image" else None
+
+
+def _filters(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HTTPException(400, f"filter {pair!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
+async def _read_upload(file: UploadFile, limit: int) -> Image.Image:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"the upload is over {limit // 2**20} MiB")
+    if not data:
+        raise HTTPException(400, "the upload is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > DEFAULT_MAX_PIXELS:
+            raise HTTPException(413, f"the image has over {DEFAULT_MAX_PIXELS:,} pixels")
+        image.load()
+        return to_rgb(image)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise HTTPException(415, f"{file.filename or 'the upload'} is not an image") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise HTTPException(
+            400, f"{file.filename or 'the upload'} cannot be decoded: {error}"
+        ) from error
+
+
+async def _in_thread(function, *args):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

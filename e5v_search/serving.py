@@ -1,0 +1,138 @@
+"""What the server needs beside HTTP: one thread that owns the model, and a thumbnail cache.
+
+`ModelWorker` runs every model call on a single thread, so a GPU never gets two forward passes
+at once however many requests arrive; text queries waiting together are embedded in one batch
+(micro-batching), and repeated texts come from a bounded LRU cache without touching the model.
+`ThumbnailCache` makes small JPEGs on demand inside the index directory and keeps their total
+size under a bound, evicting the least recently used.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import load_image
+
+THUMBNAIL_SIZES = (128, 256, 512)
+_STOP = object()
+
+
+class ModelWorker:
+    def __init__(self, encoder, max_batch: int = 32, cache_size: int = 1024):
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._jobs: queue.Queue = queue.Queue()
+        self.batches: list[int] = []  # sizes of the text batches run, for tests and stats
+        self._thread = threading.Thread(target=self._loop, name="e5v-model", daemon=True)
+        self._thread.start()
+
+    def embed_text(self, text: str) -> np.ndarray:
+        with self._cache_lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+        vector = self._submit("text", text)
+        with self._cache_lock:
+            self._cache[text] = vector
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return vector
+
+    def embed_image(self, image: Image.Image, text: str | None = None) -> np.ndarray:
+        """An uploaded image, alone or with a modification text (E5-V's composed query)."""
+        return self._submit("composed" if text else "image", (image, text))
+
+    def close(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def _submit(self, kind, payload) -> np.ndarray:
+        future: Future = Future()
+        self._jobs.put((kind, payload, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        held = None  # a job taken while gathering texts, to run next
+        while True:
+            job, held = (held, None) if held is not None else (self._jobs.get(), None)
+            if job is _STOP:
+                return
+            batch = [job]
+            while job[0] == "text" and len(batch) < self.max_batch:
+                try:
+                    extra = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if extra is _STOP or extra[0] != "text":
+                    held = extra
+                    break
+                batch.append(extra)
+            self._run(batch)
+
+    def _run(self, batch) -> None:
+        kind = batch[0][0]
+        try:
+            if kind == "text":
+                self.batches.append(len(batch))
+                vectors = self.encoder.embed_texts([p for _, p, _ in batch], progress=False)
+            elif kind == "image":
+                vectors = self.encoder.embed_images([batch[0][1][0]], progress=False, workers=0)
+            else:
+                image, text = batch[0][1]
+                vectors = self.encoder.embed_composed([image], [text], progress=False)
+        except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
+            for _, _, future in batch:
+                future.set_exception(error)
+            return
+        for (_, _, future), vector in zip(batch, vectors, strict=True):
+            future.set_result(vector)
+
+
+class ThumbnailCache:
+    def __init__(self, folder: Path, max_bytes: int = 256 * 2**20):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, item: dict, size: int) -> Path:
+        """The thumbnail of a catalog image item (its longer side `size` px), made if missing.
+        Names come from the item's id, size and content hash only: nothing a client sends
+        becomes a path."""
+        if size not in THUMBNAIL_SIZES:
+            raise ValueError(f"size must be one of {THUMBNAIL_SIZES}")
+        name = f"{int(item['id'])}-{size}-{(item['content_hash'] or 'x')[:16]}.jpg"
+        path = self.folder / name
+        if path.exists():
+            os.utime(path)  # recently used
+            return path
+        image = load_image(item["source"])
+        image.thumbnail((size, size))
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="JPEG", quality=85)
+        os.replace(tmp, path)
+        self._evict()
+        return path
+
+    def _evict(self) -> None:
+        with self._lock:
+            files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob("*.jpg")]
+            total = sum(size for _, size, _ in files)
+            for _, size, path in sorted(files):
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size

@@ -1,0 +1,200 @@
+"""The HTTP API with the real encoder on the tiny checkpoint: search, thumbnails, safety, bursts."""
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from e5v_search.engine import Engine
+from e5v_search.server import create_app
+from e5v_search.testing import make_sample_corpus
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("served")
+    corpus = make_sample_corpus(root / "corpus")
+    engine = Engine.open(root / "ix", model=str(tiny_dir), device="cpu", create=True)
+    engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+    app = create_app(engine, max_upload_bytes=200_000)
+    with TestClient(app) as client:
+        yield client, engine, corpus
+    app.state.worker.close()
+    engine.close()
+
+
+def _png(size=(80, 60), color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_search_by_text_finds_its_own_caption_first(served):
+    client, _, _ = served
+    body = client.get(
+        "/api/search", params={"q": "A red circle on a grey background.", "type": "text", "k": 3}
+    ).json()
+    top = body["results"][0]
+    assert top["text"] == "A red circle on a grey background." and top["score"] == pytest.approx(
+        1, abs=1e-4
+    )
+    assert len(body["results"]) == 3 and body["took_ms"] >= 0
+    images = client.get("/api/search", params={"q": "a dog", "k": 5}).json()["results"]
+    assert {r["modality"] for r in images} == {"image"}
+    assert all(r["thumbnail"] == f"/thumbs/{r['id']}.jpg" for r in images)
+    greens = client.get(
+        "/api/search", params={"q": "x", "type": "text", "meta": "color=green", "k": 50}
+    )
+    assert {r["metadata"]["color"] for r in greens.json()["results"]} == {"green"}
+
+
+def test_search_by_upload_composed_and_like(served):
+    client, _, corpus = served
+    stored = (corpus["images"] / "grey" / "red-circle-grey.png").read_bytes()
+    body = client.post(
+        "/api/search/image", files={"file": ("q.png", stored)}, data={"type": "image"}
+    )
+    assert body.status_code == 200, body.text
+    top = body.json()["results"][0]
+    assert top["source"].endswith("red-circle-grey.png") and top["score"] == pytest.approx(
+        1, abs=1e-4
+    )
+    composed = client.post(
+        "/api/search/image",
+        files={"file": ("q.png", stored)},
+        data={"text": "make it blue", "type": "image"},
+    ).json()["results"]
+    assert composed[0]["score"] < 0.9999  # the text moved the query off the image itself
+    like = client.get("/api/search", params={"like": top["id"], "k": 4}).json()["results"]
+    assert len(like) == 4 and top["id"] not in [r["id"] for r in like]
+    assert {r["modality"] for r in like} == {"image"}
+
+
+def test_items_info_health_and_openapi(served):
+    client, engine, _ = served
+    item = client.get("/api/items/1").json()
+    assert item["id"] == 1 and "metadata" in item and "vector" not in item
+    assert client.get("/api/info").json()["counts"] == {"image": 48, "text": 48}
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["device"] == "cpu"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/api/search",
+        "/api/search/image",
+        "/api/items/{item_id}",
+        "/api/info",
+        "/api/health",
+    } <= set(paths)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="q"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_thumbnails_are_small_and_cached(served):
+    client, engine, _ = served
+    image_id = int(engine.store.catalog.ids("image")[0])
+    first = client.get(f"/thumbs/{image_id}.jpg", params={"size": 128})
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    thumb = Image.open(io.BytesIO(first.content))
+    assert max(thumb.size) <= 128
+    cached = list((engine.store.path / "thumbnails").glob(f"{image_id}-128-*.jpg"))
+    assert len(cached) == 1
+    assert client.get(f"/thumbs/{image_id}.jpg", params={"size": 128}).content == first.content
+    assert client.get(f"/thumbs/{image_id}.jpg", params={"size": 999}).status_code == 400
+    text_id = int(engine.store.catalog.ids("text")[0])
+    assert client.get(f"/thumbs/{text_id}.jpg").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/thumbs/..%2F..%2Fetc%2Fpasswd.jpg",
+        "/thumbs/../../etc/passwd",
+        "/files/..%2F..%2Fetc%2Fpasswd",
+        "/files/999999",
+        "/files/-1",
+        "/static/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/static/../server.py",
+        "/api/items/abc",
+    ],
+)
+def test_path_traversal_is_refused(served, url):
+    client, _, _ = served
+    response = client.get(url)
+    assert response.status_code in (400, 404, 422)
+    assert b"root:" not in response.content and b"def create_app" not in response.content
+
+
+def test_bad_requests_get_a_4xx_and_a_message(served):
+    client, _, _ = served
+
+    def upload(name, data):
+        return client.post("/api/search/image", files={"file": (name, data)})
+
+    cases = [
+        (client.get("/api/search"), 400, "exactly one of q"),
+        (client.get("/api/search", params={"q": "  "}), 400, "empty"),
+        (client.get("/api/search", params={"q": "x", "k": 0}), 422, ""),
+        (client.get("/api/search", params={"q": "x", "type": "video"}), 422, ""),
+        (client.get("/api/search", params={"q": "x", "meta": "novalue"}), 400, "KEY=VALUE"),
+        (client.get("/api/search", params={"like": 10**9}), 404, "no item"),
+        (upload("a.png", b"not an image"), 415, "not an image"),
+        (upload("a.png", b""), 400, "empty"),
+        (upload("big.png", _png() + b"0" * 300_000), 413, "over"),
+        (upload("cut.png", _png()[:70]), 400, "cannot be decoded"),
+    ]  # fmt: skip
+    for response, status, message in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        assert message in response.json()["detail"] if message else True
+    assert client.get("/api/health").status_code == 200  # still up
+
+
+def test_a_burst_of_concurrent_requests_is_answered_correctly(served):
+    client, engine, _ = served
+    captions = [r["text"] for r in engine.store.catalog.get(engine.store.catalog.ids("text"))][:24]
+
+    def ask(text):
+        return client.get("/api/search", params={"q": text, "type": "text", "k": 1}).json()
+
+    worker = client.app.state.worker
+    batches_before = len(worker.batches)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, captions * 2))
+    for text, body in zip(captions * 2, answers, strict=True):
+        assert body["results"][0]["text"] == text
+    assert sum(worker.batches[batches_before:]) <= 2 * len(captions)
+
+
+def test_the_model_worker_batches_waiting_texts_and_caches_repeats():
+    """One thread owns the model: texts queued while it is busy go in one batch."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from e5v_search.serving import ModelWorker
+
+    gate, calls = threading.Event(), []
+
+    class SlowEncoder:  # a stand-in below the encoder: only the call pattern matters here
+        def embed_texts(self, texts, progress=False):
+            calls.append(list(texts))
+            gate.wait(10)
+            return np.stack([np.full(4, len(t), dtype=np.float32) for t in texts])
+
+    worker = ModelWorker(SlowEncoder(), max_batch=8)
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(worker.embed_text, "first")
+        while not calls:
+            time.sleep(0.001)
+        rest = [pool.submit(worker.embed_text, "x" * n) for n in range(1, 6)]
+        while worker._jobs.qsize() < 5:
+            time.sleep(0.001)
+        gate.set()
+        assert first.result()[0] == 5 and [f.result()[0] for f in rest] == [1, 2, 3, 4, 5]
+    assert [len(c) for c in calls] == [1, 5] and worker.batches == [1, 5]
+    worker.embed_text("xx")
+    assert len(calls) == 2  # from the cache
+    worker.close()
