@@ -268,9 +268,11 @@ class Store:
         modality: str | None = None,
         where: str | None = None,
         params=(),
+        among=None,
     ) -> list[list[Hit]]:
         """Top-k hits per query row, best first, from one modality or both (merged by score).
-        `where` (SQL on the items table) is applied inside the search, never after it."""
+        `where` (SQL on the items table) and `among` (item ids) restrict the search inside it,
+        never by cutting its results."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if modality is not None and modality not in MODALITIES:
             raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
@@ -284,18 +286,21 @@ class Store:
         for mod in [modality] if modality else list(MODALITIES):
             if mod not in self.indexes:
                 continue
-            scores, ids = self._search_one(mod, queries, k, where, params)
+            scores, ids = self._search_one(mod, queries, k, where, params, among)
             for row, (s, i) in enumerate(zip(scores, ids, strict=True)):
                 hits[row] += [
                     Hit(int(a), float(b), mod) for a, b in zip(i, s, strict=True) if a >= 0
                 ]
         return [sorted(h, key=lambda hit: (-hit.score, hit.id))[:k] for h in hits]
 
-    def _search_one(self, modality, queries, k, where, params):
+    def _search_one(self, modality, queries, k, where, params, among=None):
         index = self.indexes[modality]
-        if where is None:
+        if where is None and among is None:
             return fx.search(self._searchable(modality), queries, k)
-        among = self.catalog.ids(modality, where, params)
+        candidates = self.catalog.ids(modality, where, params)
+        if among is not None:
+            candidates = np.intersect1d(candidates, np.asarray(among, dtype=np.int64))
+        among = candidates
         if len(among) > EXACT_CANDIDATES:
             try:
                 return fx.search(index, queries, k, among=among)
