@@ -84,6 +84,12 @@ class Catalog:
     def close(self) -> None:
         self.conn.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # -- meta: spec, counters --------------------------------------------------------------
 
     def _meta(self, key: str, default=None):

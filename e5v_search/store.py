@@ -154,7 +154,14 @@ class Store:
         if not index.is_trained:
             sample = self.catalog.sample_ids(modality, fx.train_sample_size(factory, count))
             began = time.perf_counter()
-            fx.train(index, self.catalog.vectors(sample), factory)
+            try:
+                fx.train(index, self.catalog.vectors(sample), factory)
+            except fx.IndexBuildError:
+                if reason is None:
+                    raise
+                # A repair must not leave the index unopenable: exact search until rebuilt.
+                reason += f"; too few vectors for {factory}, Flat instead"
+                factory, index = DEFAULT_FACTORY, fx.make(DEFAULT_FACTORY, self.catalog.dim)
             train_seconds = time.perf_counter() - began
         settings = self.manifest.get("indexes", {}).get(modality, {}).get("search", {})
         fx.set_search_defaults(index, settings.get("nprobe"), settings.get("ef_search"))

@@ -294,3 +294,16 @@ def test_gpu_search_matches_cpu(tmp_path):
     gpu = store.search(vectors[:10], k=10, modality="image")
     cpu_scores, cpu_ids = fx.search(store.indexes["image"], vectors[:10], 10)
     assert [[h.id for h in r] for r in gpu] == cpu_ids.tolist()
+
+
+def test_a_repair_that_cannot_train_falls_back_to_flat(tmp_path):
+    path = tmp_path / "ix"
+    store, ids, vectors, modality = _fill(path, n_image=600, n_text=10, factory="IVF16,Flat")
+    store.close()
+    with Catalog(path / "catalog.sqlite") as catalog:  # items deleted behind the index's back
+        catalog.delete(ids[modality == "image"][10:])
+    (path / "image.faiss").unlink()  # and the file lost: a rebuild from 10 vectors
+    reopened = Store.open(path)
+    assert any("Flat instead" in line for line in reopened.repairs)
+    assert reopened.info()["indexes"]["image"]["factory"] == "Flat"
+    assert reopened.indexes["image"].ntotal == 10
