@@ -284,13 +284,25 @@ def info(index, as_json):
 @click.option("--type", "factory", help="FAISS factory string (Flat, HNSW32, IVF4096,PQ64...).")
 @click.option("--nprobe", type=int, help="IVF lists searched per query.")
 @click.option("--ef-search", type=int, help="HNSW search depth.")
+@click.option("--max-memory", help="Choose the type to fit this budget (8GB, 512MiB): Flat if it "
+              "fits, else OPQ+IVF+PQ with its lists on disk.")  # fmt: skip
+@click.option("--rerank", type=click.IntRange(min=1),
+              help="Rescore this many candidates exactly from the stored vectors.")  # fmt: skip
 @click.option("--recall/--no-recall", default=True, help="Measure recall@10 against exact search.")
 @_errors_to_click
-def rebuild(index, factory, nprobe, ef_search, recall):
+def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     """Rebuild the FAISS indexes from the stored vectors (no model, no re-encoding)."""
+    from .ondisk import parse_bytes
+
+    if factory and max_memory:
+        raise click.UsageError("give --type or --max-memory, not both")
+    budget = parse_bytes(max_memory) if max_memory else None
     with _open_engine(index) as engine:
         _echo_repairs(engine)
-        for s in engine.rebuild(factory, nprobe=nprobe, ef_search=ef_search):
+        built = engine.rebuild(
+            factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
+        )
+        for s in built:
             click.echo(f"{s['modality']}: {s['factory']}, {s['vectors']} vectors in "
                        f"{s['seconds']:.1f} s, {s['bytes'] / 2**20:.1f} MiB"
                        + (f" ({s['note']})" if "note" in s else ""))  # fmt: skip

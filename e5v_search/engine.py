@@ -217,8 +217,11 @@ class Engine:
         info["repairs"] = list(self.store.repairs)
         return info
 
-    def rebuild(self, factory: str | None = None, nprobe=None, ef_search=None) -> list[dict]:
-        return self.store.rebuild(factory, nprobe=nprobe, ef_search=ef_search)
+    def rebuild(self, factory=None, *, nprobe=None, ef_search=None, max_memory=None, rerank=None):
+        """Rebuild from the stored vectors; see Store.rebuild."""
+        return self.store.rebuild(
+            factory, nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, rerank=rerank
+        )
 
     def recall(self, k: int = 10, sample: int = 200) -> dict[str, float]:
         return self.store.recall(k=k, sample=sample)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import index as fx
+from . import ondisk
 from .catalog import MODALITIES, Catalog, now
 from .errors import E5VSearchError, InputError
 
@@ -98,15 +100,18 @@ class Store:
         for modality in MODALITIES:
             entry = self.manifest.get("indexes", {}).get(modality)
             stored = self.catalog.count(modality)
-            file = self.path / f"{modality}.faiss"
+            file = self.path / (entry or {}).get("file", f"{modality}.faiss")
             if entry is None or not file.exists():
                 if stored:
                     why = "not in the manifest" if entry is None else "missing"
                     self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
                 continue
             try:
-                self.indexes[modality] = fx.load(file)
-            except RuntimeError as error:
+                if entry.get("ondisk"):
+                    self.indexes[modality] = ondisk.load(self.path, entry)
+                else:
+                    self.indexes[modality] = fx.load(file)
+            except (RuntimeError, OSError, KeyError, ValueError) as error:
                 self._rebuild(
                     modality, self._factory_of(modality), f"{file.name} unreadable ({error})"
                 )
@@ -145,14 +150,18 @@ class Store:
             f"added {len(changed_ids)}, removed {len(gone)}"
         )
 
-    def _rebuild(self, modality: str, factory: str, reason: str | None = None) -> dict:
-        """Build one modality's index from the stored vectors; no model needed."""
+    def _rebuild(
+        self, modality: str, factory: str, reason: str | None = None, on_disk: bool = False
+    ) -> dict:
+        """Build one modality's index from the stored vectors; no model needed. `on_disk`: an
+        IVF type is built shard by shard with its lists merged into a file (ondisk.py)."""
         started = time.perf_counter()
         count = self.catalog.count(modality)
         index = fx.make(factory, self.catalog.dim)
         train_seconds = 0.0
         if not index.is_trained:
-            sample = self.catalog.sample_ids(modality, fx.train_sample_size(factory, count))
+            size = fx.train_sample_size(factory, count, self.catalog.dim)
+            sample = self.catalog.sample_ids(modality, size)
             began = time.perf_counter()
             try:
                 fx.train(index, self.catalog.vectors(sample), factory)
@@ -163,14 +172,24 @@ class Store:
                 reason += f"; too few vectors for {factory}, Flat instead"
                 factory, index = DEFAULT_FACTORY, fx.make(DEFAULT_FACTORY, self.catalog.dim)
             train_seconds = time.perf_counter() - began
-        settings = self.manifest.get("indexes", {}).get(modality, {}).get("search", {})
+        previous = self.manifest.get("indexes", {}).get(modality, {})
+        settings = previous.get("search", {})
         fx.set_search_defaults(index, settings.get("nprobe"), settings.get("ef_search"))
-        for ids, vectors in self.catalog.iter_vectors(modality, batch=_READ_CHUNK):
-            fx.add(index, ids, vectors)
+        entry = {"factory": factory, "rerank": previous.get("rerank")}
+        chunks = self.catalog.iter_vectors(modality, batch=_READ_CHUNK)
+        if on_disk and fx._ivf(index) is not None:
+            generation = self.manifest.get("generation", 0) + 1
+            self.manifest["generation"] = generation
+            name, largest = ondisk.build(index, chunks, self.path, modality, generation)
+            entry.update(ondisk=True, file=name, base_max_id=largest)
+            index = ondisk.load(self.path, entry)
+        else:
+            for ids, vectors in chunks:
+                fx.add(index, ids, vectors)
         self.indexes[modality] = index
         self._gpu.pop(modality, None)
         self._dirty.add(modality)
-        self.manifest.setdefault("indexes", {})[modality] = {"factory": factory}
+        self.manifest.setdefault("indexes", {})[modality] = entry
         if reason:
             self.repairs.append(f"{modality}.faiss rebuilt from {count} stored vectors: {reason}")
         return {
@@ -183,12 +202,17 @@ class Store:
 
     def save(self) -> None:
         """Write the changed index files atomically, then the manifest that vouches for them."""
-        for modality in sorted(self._dirty):
-            fx.save(self.indexes[modality], self.path / f"{modality}.faiss")
         entries = self.manifest.setdefault("indexes", {})
+        for modality in sorted(self._dirty):
+            entry = entries.setdefault(modality, {"factory": self.factory})
+            if entry.get("ondisk"):
+                ondisk.save(self.indexes[modality], self.path, entry)
+            else:
+                fx.save(self.indexes[modality], self.path / f"{modality}.faiss")
+                entry["file"] = f"{modality}.faiss"
         for modality, index in self.indexes.items():
             entry = entries.setdefault(modality, {"factory": self.factory})
-            entry.update(file=f"{modality}.faiss", count=int(index.ntotal))
+            entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
         seq = self.catalog.seq
         self.manifest.update(
@@ -197,6 +221,21 @@ class Store:
         _write_json_atomic(self.path / MANIFEST, self.manifest)
         self.catalog.prune_deleted(seq)
         self._dirty.clear()
+        self._remove_unused_files()
+
+    def _remove_unused_files(self) -> None:
+        """Files of index generations the manifest no longer names (after it was written)."""
+        used = {
+            p.name
+            for e in self.manifest.get("indexes", {}).values()
+            for p in ondisk.files_of(self.path, e)
+        }
+        for modality in MODALITIES:
+            for path in self.path.glob(f"{modality}.*"):
+                if path.name not in used and (
+                    path.name.startswith(f"{modality}.g") or path.suffix == ".faiss"
+                ):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -301,6 +340,30 @@ class Store:
         return [sorted(h, key=lambda hit: (-hit.score, hit.id))[:k] for h in hits]
 
     def _search_one(self, modality, queries, k, where, params, among=None):
+        rerank = self.manifest.get("indexes", {}).get(modality, {}).get("rerank")
+        if rerank and rerank > k:
+            _, candidates = self._search_index(modality, queries, rerank, where, params, among)
+            return self._rescore(queries, candidates, k)
+        return self._search_index(modality, queries, k, where, params, among)
+
+    def _rescore(self, queries, candidates: np.ndarray, k: int):
+        """Exact scores of each query's candidates from the stored vectors: the top-k order of
+        exact search among them, whatever the index compressed away."""
+        unique = np.unique(candidates[candidates >= 0])
+        vectors = self.catalog.vectors(unique) if len(unique) else np.empty((0, queries.shape[1]))
+        position = {int(i): n for n, i in enumerate(unique)}
+        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        for row, ids in enumerate(candidates):
+            keep = ids >= 0
+            rows = [position[int(i)] for i in ids[keep]]
+            scores[row, keep] = vectors[rows] @ queries[row] if rows else []
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_ids = np.take_along_axis(candidates, order, axis=1)
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        top_ids[~np.isfinite(top_scores)] = -1
+        return top_scores, top_ids
+
+    def _search_index(self, modality, queries, k, where, params, among):
         index = self.indexes[modality]
         if where is None and among is None:
             return fx.search(self._searchable(modality), queries, k)
@@ -326,35 +389,52 @@ class Store:
 
     # -- maintenance -------------------------------------------------------------------------
 
-    def rebuild(self, factory: str | None = None, nprobe=None, ef_search=None) -> list[dict]:
-        """Rebuild every modality's index from the stored vectors with `factory` (default: the
-        current type) and save. A modality too small to train the type gets Flat, said so."""
-        factory = factory or self.factory
-        fx.make(factory, self.catalog.dim or 64)  # a bad factory string fails before any work
+    def rebuild(
+        self, factory=None, nprobe=None, ef_search=None, max_memory=None, rerank=None
+    ) -> list[dict]:
+        """Rebuild every modality's index from the stored vectors and save. `factory`: a FAISS
+        type (default: the current one); or `max_memory` (bytes): the type is chosen per
+        modality to fit its share of the budget (ondisk.choose), IVF lists merged on disk.
+        `rerank`: rescore that many candidates exactly from the stored vectors. A modality too
+        small to train the type gets Flat, said so in its entry's note."""
+        if factory is None and max_memory is None:
+            factory = self.factory
+        if factory:
+            fx.make(factory, self.catalog.dim or 64)  # a bad factory string fails before work
+        counts = {m: self.catalog.count(m) for m in MODALITIES if self.catalog.count(m)}
+        choices = ondisk.plan(counts, self.catalog.dim, int(max_memory)) if max_memory else {}
         stats, failures = [], []
-        for modality in MODALITIES:
-            count = self.catalog.count(modality)
-            if not count:
-                continue
+        for modality, count in counts.items():
+            chosen, on_disk, note = factory, False, None
+            if modality in choices:
+                choice = choices[modality]
+                chosen, on_disk, note = choice.factory, choice.ondisk, choice.reason
             self.manifest.setdefault("indexes", {})[modality] = {
-                "search": {"nprobe": nprobe, "ef_search": ef_search}
+                "search": {"nprobe": nprobe, "ef_search": ef_search},
+                "rerank": rerank,
             }
             try:
-                stats.append(self._rebuild(modality, factory))
+                entry = self._rebuild(modality, chosen, on_disk=on_disk)
             except fx.IndexBuildError as error:
-                failures.append((modality, count, error))
+                failures.append((modality, count, chosen, error))
+                continue
+            if note:
+                entry["note"] = note
+            stats.append(entry)
         if failures and not stats:
-            raise failures[0][2]
-        for modality, count, error in failures:
+            raise failures[0][3]
+        for modality, count, chosen, error in failures:
             entry = self._rebuild(modality, DEFAULT_FACTORY)
             entry["note"] = (
-                f"{count} vectors are too few for {factory}: exact Flat instead ({error})"
+                f"{count} vectors are too few for {chosen}: exact Flat instead ({error})"
             )
             stats.append(entry)
-        self.manifest["factory"] = factory
+        if factory:
+            self.manifest["factory"] = factory
         self.save()
         for entry in stats:
-            entry["bytes"] = os.path.getsize(self.path / f"{entry['modality']}.faiss")
+            files = ondisk.files_of(self.path, self.manifest["indexes"][entry["modality"]])
+            entry["bytes"] = sum(p.stat().st_size for p in files)
         return stats
 
     def recall(self, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, float]:
@@ -366,8 +446,8 @@ class Store:
             if not len(query_ids):
                 continue
             queries = self.catalog.vectors(query_ids)
-            for target, index in self.indexes.items():
-                _, found = fx.search(index, queries, k + 1)
+            for target in self.indexes:
+                _, found = self._search_one(target, queries, k + 1, None, ())  # as users search
                 found = np.array(
                     [
                         [i for i in row if i != q][:k]
@@ -380,7 +460,8 @@ class Store:
         return out
 
     def info(self) -> dict:
-        files = {m: self.path / f"{m}.faiss" for m in self.indexes}
+        entries = self.manifest.get("indexes", {})
+        files = {m: ondisk.files_of(self.path, entries.get(m, {})) for m in self.indexes}
         return {
             "path": str(self.path),
             "spec": self.catalog.spec(),
@@ -390,7 +471,9 @@ class Store:
                 m: {
                     "factory": self._factory_of(m),
                     "vectors": int(self.indexes[m].ntotal),
-                    "bytes": files[m].stat().st_size if files[m].exists() else 0,
+                    "bytes": sum(p.stat().st_size for p in files[m] if p.exists()),
+                    "on_disk": bool(entries.get(m, {}).get("ondisk")),
+                    "rerank": entries.get(m, {}).get("rerank"),
                     **fx.search_settings(self.indexes[m]),
                 }
                 for m in self.indexes

@@ -3,8 +3,9 @@
     python scripts/rebuild_index.py indexes/photos --type HNSW32
     python scripts/rebuild_index.py indexes/photos --type IVF4096,PQ64 --nprobe 64
 
-Any FAISS factory string works; types that need training are trained on a sample of the stored
-vectors. Reports, per modality: build and training time, peak memory, file size, and recall@k of
+Any FAISS factory string works, or `--max-memory 8GB` chooses one for the budget (Flat when it
+fits, else OPQ+IVF+PQ with its lists merged on disk); types that need training are trained on a
+sample of the stored vectors. Reports, per modality: build and training time, peak memory, file size, and recall@k of
 the new index against exact search, with a sample of stored vectors as queries, per query
 modality (text->image is text queries searching the image index).
 """
@@ -16,6 +17,7 @@ import time
 from benchlib import PeakMemory, gib
 
 from e5v_search.errors import E5VSearchError
+from e5v_search.ondisk import parse_bytes
 from e5v_search.store import Store
 
 
@@ -25,6 +27,8 @@ def main() -> int:
     parser.add_argument("--type", dest="factory", help="FAISS factory string (default: current)")
     parser.add_argument("--nprobe", type=int, help="IVF lists searched per query")
     parser.add_argument("--ef-search", type=int, help="HNSW candidate list size")
+    parser.add_argument("--max-memory", help="choose the type for this budget: 8GB, 512MiB")
+    parser.add_argument("--rerank", type=int, help="rescore this many candidates exactly")
     parser.add_argument("--sample", type=int, default=200, help="query vectors per modality")
     parser.add_argument("-k", type=int, default=10)
     args = parser.parse_args()
@@ -33,8 +37,15 @@ def main() -> int:
         for line in store.repairs:
             print(f"repaired: {line}")
         started = time.perf_counter()
+        budget = parse_bytes(args.max_memory) if args.max_memory else None
         with PeakMemory("cpu") as memory:
-            stats = store.rebuild(args.factory, nprobe=args.nprobe, ef_search=args.ef_search)
+            stats = store.rebuild(
+                args.factory,
+                nprobe=args.nprobe,
+                ef_search=args.ef_search,
+                max_memory=budget,
+                rerank=args.rerank,
+            )
         seconds = time.perf_counter() - started
         recall = store.recall(k=args.k, sample=args.sample)
     except E5VSearchError as error:

@@ -39,3 +39,15 @@ def test_build_tiny_model_script_writes_a_checkpoint(tmp_path):
     result = _run("scripts/build_tiny_model.py", str(tmp_path / "m"), "--legacy")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_rebuild_script_chooses_a_type_for_a_memory_budget(tmp_path):
+    store = Store.open(tmp_path / "ix", create=True)
+    items = [{"modality": "image", "source": str(i)} for i in range(3000)]
+    store.add(items, clustered_vectors(3000, 32), SPEC)
+    store.save()
+    store.close()
+    result = _run("scripts/rebuild_index.py", str(tmp_path / "ix"), "--max-memory", "200KB")
+    assert result.returncode == 0, result.stderr
+    assert "| image | OPQ" in result.stdout and "Flat needs" in result.stdout
+    assert "| image->image |" in result.stdout

@@ -1,0 +1,130 @@
+"""Indexes past RAM: type chosen for a budget, lists merged on disk, kept current by a delta."""
+
+import faiss
+import numpy as np
+import pytest
+
+from e5v_search import index as fx
+from e5v_search import ondisk
+from e5v_search.errors import InputError
+from e5v_search.store import Store
+from e5v_search.testing import clustered_vectors
+
+DIM = 64
+SPEC = {"model": "m", "revision": None, "dim": DIM, "dtype": "float32", "prompt_version": "e5v-1"}
+
+
+def test_sizes_parse():
+    assert ondisk.parse_bytes("8GB") == 8 * 10**9
+    assert ondisk.parse_bytes("512MiB") == 512 * 2**20
+    assert ondisk.parse_bytes("1.5 g") == 1_500_000_000
+    with pytest.raises(InputError, match="not a size"):
+        ondisk.parse_bytes("lots")
+
+
+def test_the_choice_follows_the_budget():
+    flat = ondisk.choose(1_000_000, 4096, 20 * 2**30)
+    assert flat.factory == "Flat" and not flat.ondisk
+    packed = ondisk.choose(100_000_000, 4096, 8 * 2**30)
+    assert packed.factory == "OPQ64_512,IVF65536,PQ64" and packed.ondisk
+    assert packed.estimated_bytes <= 8 * 2**30
+    assert packed.estimated_bytes / 100_000_000 < 90  # ~72 B/vector, as the issue expects
+    smaller = ondisk.choose(100_000_000, 4096, 2 * 2**30)
+    assert smaller.factory.endswith("PQ8") and smaller.estimated_bytes <= 2 * 2**30
+    with pytest.raises(InputError, match="too little"):
+        ondisk.choose(100_000_000, 4096, 2**30)
+
+
+def test_lists_merged_on_disk_search_like_the_index_in_memory(tmp_path):
+    vectors = clustered_vectors(3000, DIM)
+    ids = np.arange(1, 3001, dtype=np.int64)
+    trained = fx.make("IVF32,PQ16", DIM)
+    fx.train(trained, vectors, "IVF32,PQ16")
+    in_memory = faiss.clone_index(trained)
+    fx.add(in_memory, ids, vectors)
+    chunks = [(ids[i : i + 700], vectors[i : i + 700]) for i in range(0, 3000, 700)]
+    name, largest = ondisk.build(trained, chunks, tmp_path, "image", 1)
+    assert largest == 3000 and (tmp_path / "image.g1.ivfdata").exists()
+    layered = ondisk.load(tmp_path, {"file": name, "base_max_id": largest})
+    queries = clustered_vectors(20, DIM, seed=4)
+    expected = fx.search(in_memory, queries, 10)
+    got = fx.search(layered, queries, 10)
+    assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0])
+    assert not list(tmp_path.glob("*.shards.*"))  # shard files cleaned up
+
+
+def test_a_layered_index_takes_adds_removes_and_updates(tmp_path):
+    vectors = clustered_vectors(2000, DIM)
+    ids = np.arange(1, 2001, dtype=np.int64)
+    trained = fx.make("IVF16,Flat", DIM)
+    fx.train(trained, vectors, "IVF16,Flat")
+    name, largest = ondisk.build(trained, [(ids, vectors)], tmp_path, "text", 3)
+    layered = ondisk.load(tmp_path, {"file": name, "base_max_id": largest})
+    new = clustered_vectors(5, DIM, seed=9)
+    fx.add(layered, np.arange(2001, 2006, dtype=np.int64), new)
+    fx.remove(layered, np.array([1, 2, 2003], dtype=np.int64))
+    assert layered.ntotal == 2000 + 5 - 3
+    _, found = fx.search(layered, np.concatenate([vectors[:2], new]), 1)
+    assert found[0, 0] != 1 and found[1, 0] != 2  # removed from the base: masked
+    top = found[2:, 0].tolist()  # the delta's vectors find themselves, except the removed one
+    assert top[:2] == [2001, 2002] and top[3:] == [2004, 2005] and top[2] != 2003
+    _, among = fx.search(layered, vectors[:1], 5, among=np.array([1, 3, 2001], dtype=np.int64))
+    assert set(among[0][among[0] >= 0]) <= {3, 2001}
+    ondisk.save(layered, tmp_path, {"file": name})
+    again = ondisk.load(tmp_path, {"file": name, "base_max_id": largest})
+    assert again.ntotal == layered.ntotal
+    assert sorted(again.ids().tolist()) == sorted(set(range(3, 2006)) - {2003})
+
+
+def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_path):
+    path = tmp_path / "ix"
+    store = Store.open(path, create=True)
+    vectors = clustered_vectors(2200, DIM, seed=1)
+    items = [{"modality": "image" if i < 2000 else "text", "source": str(i)} for i in range(2200)]
+    ids = np.array(store.add(items, vectors, SPEC))
+    flat_bytes = 2000 * (DIM * 4 + ondisk.FLAT_OVERHEAD)
+    budget = flat_bytes // 2
+    stats = {s["modality"]: s for s in store.rebuild(max_memory=budget * 2200 // 2000)}
+    image = stats["image"]
+    assert "PQ" in image["factory"] and "Flat needs" in image["note"]
+    assert image["bytes"] <= budget  # measured: base + lists + delta + mask files
+    info = store.info()["indexes"]["image"]
+    assert info["on_disk"] and info["bytes"] == image["bytes"]
+    assert store.recall(k=10, sample=50)["image->image"] > 0.3
+
+    new = clustered_vectors(3, DIM, seed=77)
+    new_ids = store.add([{"modality": "image", "source": f"n{i}"} for i in range(3)], new, SPEC)
+    store.delete(ids[:10])
+    store.update([int(ids[20])], [{"modality": "image", "source": "20"}], -vectors[:1], SPEC)
+    store.save()
+    store.close()
+    reopened = Store.open(path)
+    assert reopened.repairs == []
+    assert reopened.indexes["image"].ntotal == reopened.catalog.count("image") == 1993
+    hits = reopened.search(new, k=1, modality="image")
+    assert [row[0].id for row in hits] == new_ids
+    everything = {
+        h.id for row in reopened.search(vectors[:10], k=50, modality="image") for h in row
+    }
+    assert not everything & set(ids[:10].tolist())
+    assert reopened.search(-vectors[:1], k=1, modality="image")[0][0].id == ids[20]
+
+    reopened.rebuild("Flat")  # folds everything back into one in-memory index
+    assert not list(path.glob("image.g*"))
+    assert reopened.indexes["image"].ntotal == 1993
+
+
+def test_rerank_rescores_candidates_exactly(tmp_path):
+    path = tmp_path / "ix"
+    store = Store.open(path, create=True)
+    vectors = clustered_vectors(3000, DIM, seed=2)
+    store.add([{"modality": "image", "source": str(i)} for i in range(3000)], vectors, SPEC)
+    store.rebuild("IVF16,PQ8")
+    plain = store.recall(k=10, sample=100)["image->image"]
+    store.rebuild("IVF16,PQ8", rerank=200)
+    reranked = store.recall(k=10, sample=100)["image->image"]
+    assert reranked > plain + 0.2
+    hits = store.search(vectors[:3], k=5, modality="image")
+    exact = vectors[:3] @ vectors.T
+    for row, scores in zip(hits, exact, strict=True):
+        assert [h.score for h in row] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-5)
