@@ -5,9 +5,9 @@
 
 Any FAISS factory string works, or `--max-memory 8GB` chooses one for the budget (Flat when it
 fits, else OPQ+IVF+PQ with its lists merged on disk); types that need training are trained on a
-sample of the stored vectors. Reports, per modality: build and training time, peak memory, file size, and recall@k of
-the new index against exact search, with a sample of stored vectors as queries, per query
-modality (text->image is text queries searching the image index).
+sample of the stored vectors. Reports, per modality: build and training time, peak memory, file
+size, and recall@k of the new index against exact search, with a sample of stored vectors as
+queries, per query modality (text->image is text queries searching the image index).
 """
 
 import argparse
