@@ -9,7 +9,11 @@ from __future__ import annotations
 
 def repair(model, processor) -> list[str]:
     """Make `processor` and the base LlavaNext `model` agree with each other, in place."""
-    config = model.config
+    return repair_processor(processor, model.config) + repair_model(model, processor.tokenizer)
+
+
+def repair_processor(processor, config) -> list[str]:
+    """The processor half: needs only the model's config, not its weights."""
     repairs = []
     if processor.patch_size is None:
         processor.patch_size = config.vision_config.patch_size
@@ -33,19 +37,22 @@ def repair(model, processor) -> list[str]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         repairs.append("tokenizer had no pad token: using its eos token")
+    return repairs
 
+
+def repair_model(model, tokenizer) -> list[str]:
     embeddings = model.get_input_embeddings()
     rows = embeddings.num_embeddings
-    if len(tokenizer) > rows:
-        # `<image>` (and `<pad>`) ids lie past the table. Image positions are overwritten by
-        # image features and pad positions are masked, so clamping the lookup changes no output
-        # and, unlike resizing the table, copies nothing.
-        embeddings.register_forward_pre_hook(_clamp_ids)
-        repairs.append(
-            f"token ids up to {len(tokenizer) - 1} exceed the {rows}-row embedding table: "
-            "lookups clamped"
-        )
-    return repairs
+    if len(tokenizer) <= rows:
+        return []
+    # `<image>` (and `<pad>`) ids lie past the table. Image positions are overwritten by image
+    # features and pad positions are masked, so clamping the lookup changes no output and,
+    # unlike resizing the table, copies nothing.
+    embeddings.register_forward_pre_hook(_clamp_ids)
+    return [
+        f"token ids up to {len(tokenizer) - 1} exceed the {rows}-row embedding table: "
+        "lookups clamped"
+    ]
 
 
 def _clamp_ids(module, args):

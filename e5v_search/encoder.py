@@ -23,6 +23,7 @@ from .batching import plan_batches
 from .config import DEFAULT_MODEL
 from .errors import InputError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, image_size, load_image
+from .preprocess import PreparedImage, Preprocessor
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PROGRESS_MIN_ITEMS = 64
@@ -37,15 +38,6 @@ _DTYPES = {
     "fp32": "float32",
     "float": "float32",
 }
-
-
-@dataclass
-class PreparedImage:
-    """One image decoded and preprocessed: its anyres crops, its size and its prompt's length."""
-
-    pixel_values: Any  # torch.Tensor (crops, 3, crop, crop)
-    size: tuple[int, int]  # (height, width)
-    n_tokens: int
 
 
 @dataclass
@@ -102,12 +94,12 @@ class E5VEncoder:
         self.revision = revision
         self.max_batch_tokens = max_batch_tokens
         self.batch_size = batch_size
-        self.repairs = checkpoint.repair(self.model, processor)
+        self.preprocessor = Preprocessor(processor, self.model.config)
+        self.repairs = self.preprocessor.repairs + checkpoint.repair_model(
+            self.model, self.tokenizer
+        )
         self.context = self.model.config.text_config.max_position_embeddings
-        ids = self.tokenizer(prompts.IMAGE_PROMPT).input_ids
-        at = ids.index(self.model.config.image_token_id)
-        self._image_ids = (ids[:at], ids[at + 1 :])  # the prompt around its <image> placeholder
-        self._image_prompt_tokens = len(ids) - 1
+        self._image_prompt_tokens = self.preprocessor.image_prompt_tokens
 
     @classmethod
     def from_pretrained(
@@ -179,10 +171,7 @@ class E5VEncoder:
 
     def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
         """Image placeholder tokens for images of these (height, width), without any pixels."""
-        if not sizes:
-            return []
-        counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
-        return list(counts["num_image_tokens"])
+        return self.preprocessor.count_image_tokens(sizes)
 
     def embed_texts(self, texts: list[str], *, progress: bool | None = None) -> np.ndarray:
         texts = _as_list(texts, str, "texts")
@@ -207,11 +196,7 @@ class E5VEncoder:
     def prepare_image(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
         """Decode and preprocess one image for `embed_prepared`; thread-safe, so a pipeline can
         run it in workers ahead of the model. Raises InputError naming a bad file."""
-        rgb = load_image(image, max_pixels)
-        pixels = self.processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
-        size = (rgb.height, rgb.width)
-        n_tokens = self._image_prompt_tokens + self.count_image_tokens([size])[0]
-        return PreparedImage(pixels[0], size, n_tokens)
+        return self.preprocessor.prepare_image(image, max_pixels)
 
     def embed_prepared(
         self, prepared: list[PreparedImage], *, progress: bool | None = None
@@ -327,16 +312,14 @@ class E5VEncoder:
     def _collate(self, images: list[PreparedImage]) -> dict:
         import torch
 
-        image_id = self.model.config.image_token_id
         inputs = _left_pad(
-            [self._image_ids[0] + [image_id] * (p.n_tokens - self._image_prompt_tokens)
-             + self._image_ids[1] for p in images],
-            self.tokenizer.pad_token_id,
-        )  # fmt: skip
+            [self.preprocessor.image_prompt_ids(p) for p in images], self.tokenizer.pad_token_id
+        )
         crops = max(p.pixel_values.shape[0] for p in images)
         pixels = torch.zeros((len(images), crops, *images[0].pixel_values.shape[1:]))
         for row, p in enumerate(images):
-            pixels[row, : p.pixel_values.shape[0]] = p.pixel_values  # the model drops the padding
+            # The model slices each image's own crops out of this padding.
+            pixels[row, : p.pixel_values.shape[0]] = torch.as_tensor(p.pixel_values)
         inputs["pixel_values"] = pixels
         inputs["image_sizes"] = torch.tensor([p.size for p in images], dtype=torch.long)
         return inputs
