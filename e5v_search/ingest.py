@@ -1,23 +1,64 @@
 """One ingest run: scan the sources, skip what the catalog holds already, embed the rest in
-chunks (images decoded and preprocessed in worker threads one chunk ahead of the model), and
-commit each chunk to the catalog before the next, so a run killed at any moment loses nothing
-committed and a rerun continues where it stopped.
+chunks, and commit each chunk to the catalog before the next, so a run killed at any moment
+loses nothing committed and a rerun continues where it stopped.
 
 What counts as the same item: the same (source file, locator); it is unchanged when its content
 hash is (for an image file, first by size and mtime, so an unchanged file is not even read).
-Two inputs with the same content share one embedding: the second copies the first's vector.
+The work between planning and committing (hashing and decoding images, embedding) is done by a
+backend: threads ahead of the local model here, or a Ray Data pipeline (distributed.py).
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import InputError
 from .images import DEFAULT_MAX_PIXELS
 from .sources import SourceError, SourceItem, file_hash, scan, scope_of, text_hash
 
 CHUNK = 64  # items committed together; bounds the decoded images held ahead of the model
+
+
+@dataclass
+class Outcome:
+    """One item's way through a run: planned, then hashed and prepared, then embedded."""
+
+    item: SourceItem
+    row: dict | None  # the stored row with the same source and locator, if any
+    content_hash: str | None = None
+    size: tuple[int, int] | None = None  # images: (height, width)
+    payload: Any = None  # what to embed: the text, or a PreparedImage
+    vector: Any = None
+    error: SourceError | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.row is not None and self.row["content_hash"] == self.content_hash
+
+    @property
+    def needs_vector(self) -> bool:
+        return self.error is None and not self.unchanged
+
+
+def prepare_outcome(outcome: Outcome, preprocessor, max_pixels: int) -> Outcome:
+    """Hash and decode an image outcome (texts are ready at planning); errors are recorded in
+    the outcome, never raised, so one bad file cannot stop a run."""
+    item = outcome.item
+    if item.modality == "text":
+        return outcome
+    try:
+        outcome.content_hash = file_hash(item.source)
+        if not outcome.unchanged:  # a touched file with the same bytes needs no decoding
+            outcome.payload = preprocessor.prepare_image(item.source, max_pixels)
+            outcome.size = outcome.payload.size
+    except InputError as error:
+        outcome.error = SourceError(item.source, "", str(error).removeprefix(f"{item.source}: "))
+    except OSError as error:
+        outcome.error = SourceError(item.source, "", f"cannot read ({error.strerror or error})")
+    return outcome
 
 
 class Ingestion:
@@ -32,39 +73,40 @@ class Ingestion:
         self.on_error = on_error
         self.progress = progress
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-        self._spec = None
+        self.spec = None
 
-    def run(self, sources, *, text_field=None, id_field=None, prune=False) -> None:
+    def run(self, sources, *, text_field=None, id_field=None, prune=False, backend=None) -> None:
         from tqdm.auto import tqdm
 
         entries = list(scan(sources, text_field, id_field))
         seen: set[tuple[str, str]] = set()
         chunks = [entries[i : i + CHUNK] for i in range(0, len(entries), CHUNK)]
+        plans = ((self._plan(chunk, seen), len(chunk)) for chunk in chunks)
+        backend = backend or ThreadBackend(self)
         # progress None: a bar on a terminal only (tqdm's disable=None); True: always; False: never
         disable = {None: None, True: False, False: True}[self.progress]
-        with (
-            ThreadPoolExecutor(self.workers) as pool,
-            tqdm(total=len(entries), unit="item", desc="ingest", disable=disable) as bar,
-        ):
-            ahead = self._start(chunks[0], seen, pool) if chunks else None
-            for index in range(len(chunks)):
-                current = ahead
-                if index + 1 < len(chunks):  # decode the next chunk while this one embeds
-                    ahead = self._start(chunks[index + 1], seen, pool)
-                self._finish(*current)
-                bar.update(len(chunks[index]))
+        with tqdm(total=len(entries), unit="item", desc="ingest", disable=disable) as bar:
+            for outcomes, size in backend.process(plans):
+                self._commit(outcomes)
+                bar.update(size)
         self.store.save()
         if prune:
-            stale = [
-                i for key, i in self.catalog.keys_in(scope_of(sources)).items() if key not in seen
-            ]
+            keys = self.catalog.keys_in(scope_of(sources))
+            stale = [i for key, i in keys.items() if key not in seen]
             self.report.pruned = self.store.delete(stale) if stale else 0
             self.store.save()
 
-    # -- one chunk ---------------------------------------------------------------------------
+    def ensure_spec(self) -> dict:
+        """The encoder's spec, checked against the index; loads the model, once."""
+        if self.spec is None:
+            self.spec = self.engine.spec()
+        return self.spec
 
-    def _start(self, chunk, seen, pool):
-        """Sort a chunk into errors, unchanged items and work; start decoding its images."""
+    # -- planning and committing (the backend does what lies between) -------------------------
+
+    def _plan(self, chunk, seen) -> list[Outcome]:
+        """Errors recorded, unchanged image files (same size and mtime) counted, the rest
+        returned as outcomes to work on; texts are hashed here."""
         items = []
         for entry in chunk:
             if isinstance(entry, SourceError):
@@ -75,88 +117,42 @@ class Ingestion:
                 seen.add(entry.key)
                 items.append(entry)
         stored = self.catalog.lookup([item.key for item in items])
-        texts, images = [], []
+        outcomes = []
         for item in items:
             row = stored.get(item.key)
             if item.modality == "text":
-                texts.append((item, row))
+                outcomes.append(Outcome(item, row, text_hash(item.text), payload=item.text))
             elif row and (row["file_size"], row["file_mtime_ns"]) == (
                 item.file_size,
                 item.file_mtime_ns,
             ):
                 self.report.unchanged += 1
             else:
-                if self._spec is None:
-                    self._spec = self.engine.spec()  # loads the model in this thread, once
-                images.append((item, row, pool.submit(self._decode, item)))
-        return texts, images
+                outcomes.append(Outcome(item, row))
+        return outcomes
 
-    def _decode(self, item: SourceItem):
-        try:
-            content_hash = file_hash(item.source)
-            return content_hash, self.engine.encoder.prepare_image(item.source, self.max_pixels)
-        except InputError as error:
-            return SourceError(item.source, "", str(error).removeprefix(f"{item.source}: "))
-        except OSError as error:
-            return SourceError(item.source, "", f"cannot read ({error.strerror or error})")
-
-    def _finish(self, texts, images) -> None:
-        new, changed, done = [], [], []  # (record, vector or prepared or item id to copy)
-        for item, row in texts:
-            content_hash = text_hash(item.text)
-            record = _record(item, content_hash)
-            if row and row["content_hash"] == content_hash:
-                self._unchanged(row, record, ("metadata",))
+    def _commit(self, outcomes: list[Outcome]) -> None:
+        new, changed = [], []
+        for outcome in outcomes:
+            if outcome.error:
+                self._fail(outcome.error)
                 continue
-            (changed if row else new).append((row, record, item.text))
-        for item, row, future in images:
-            result = future.result()
-            if isinstance(result, SourceError):
-                self._fail(result)
-                continue
-            content_hash, prepared = result
-            record = _record(item, content_hash, size=prepared.size)
-            if row and row["content_hash"] == content_hash:  # touched, not changed
-                self._unchanged(row, record, ("file_size", "file_mtime_ns"))
-                continue
-            (changed if row else new).append((row, record, prepared))
-        vectors = self._embed([job for job in new + changed])
+            record = _record(outcome)
+            if outcome.unchanged:
+                fields = ("metadata",) if outcome.item.modality == "text" else _FILE_STATE
+                self._unchanged(outcome.row, record, fields)
+            else:
+                (changed if outcome.row else new).append((outcome, record))
         if new:
-            self.store.add([r for _, r, _ in new], vectors[: len(new)], self._spec)
+            vectors = [o.vector for o, _ in new]
+            self.store.add([r for _, r in new], _stack(vectors), self.ensure_spec())
         if changed:
-            ids = [row["id"] for row, _, _ in changed]
-            self.store.update(ids, [r for _, r, _ in changed], vectors[len(new) :], self._spec)
-        done = [(r["source"], r["locator"]) for _, r, _ in new + changed]
-        self.catalog.clear_errors(done)
+            ids = [o.row["id"] for o, _ in changed]
+            vectors = _stack([o.vector for o, _ in changed])
+            self.store.update(ids, [r for _, r in changed], vectors, self.ensure_spec())
+        self.catalog.clear_errors([(r["source"], r["locator"]) for _, r in new + changed])
         self.report.added += len(new)
         self.report.updated += len(changed)
-
-    def _embed(self, jobs):
-        """Vectors for (row, record, text or prepared image) jobs, in order; content already in
-        the catalog is copied, not embedded again."""
-        import numpy as np
-
-        if not jobs:
-            return np.empty((0, 0), dtype=np.float32)
-        if self._spec is None:
-            self._spec = self.engine.spec()
-        encoder = self.engine.encoder
-        out = np.empty((len(jobs), encoder.dim), dtype=np.float32)
-        texts, images = [], []
-        for position, (_, record, payload) in enumerate(jobs):
-            copy = self.catalog.find_hash(record["modality"], record["content_hash"])
-            if copy is not None:
-                out[position] = self.catalog.vectors([copy])[0]
-            elif isinstance(payload, str):
-                texts.append((position, payload))
-            else:
-                images.append((position, payload))
-        if texts:
-            out[[p for p, _ in texts]] = encoder.embed_texts([t for _, t in texts], progress=False)
-        if images:
-            prepared = [image for _, image in images]
-            out[[p for p, _ in images]] = encoder.embed_prepared(prepared, progress=False)
-        return out
 
     def _unchanged(self, row, record, fields) -> None:
         differ = {f: record[f] for f in fields if row.get(f) != record.get(f)}
@@ -173,17 +169,84 @@ class Ingestion:
             self.on_error(error)
 
 
-def _record(item: SourceItem, content_hash: str, size=None) -> dict:
-    height, width = size if size else (None, None)
+class ThreadBackend:
+    """The local model, with images hashed and decoded in threads one chunk ahead of it.
+    Content the catalog already holds is copied, not embedded again."""
+
+    def __init__(self, ingestion: Ingestion):
+        self.run = ingestion
+
+    def process(self, plans):
+        with ThreadPoolExecutor(self.run.workers) as pool:
+            ahead = None
+            for plan in plans:
+                started = self._start(plan, pool)
+                if ahead is not None:
+                    yield self._finish(*ahead)
+                ahead = started
+            if ahead is not None:
+                yield self._finish(*ahead)
+
+    def _start(self, plan, pool):
+        outcomes, size = plan
+        images = [o for o in outcomes if o.item.modality == "image"]
+        if images:
+            self.run.ensure_spec()  # loads the model here, before any thread needs it
+        preprocessor = self.run.engine.encoder.preprocessor if images else None
+        futures = [
+            pool.submit(prepare_outcome, o, preprocessor, self.run.max_pixels) for o in images
+        ]
+        return outcomes, size, futures
+
+    def _finish(self, outcomes, size, futures):
+        for future in futures:
+            future.result()
+        self._embed([o for o in outcomes if o.needs_vector])
+        return outcomes, size
+
+    def _embed(self, outcomes: list[Outcome]) -> None:
+        catalog, texts, images = self.run.catalog, [], []
+        for outcome in outcomes:
+            copy = catalog.find_hash(outcome.item.modality, outcome.content_hash)
+            if copy is not None:
+                outcome.vector = catalog.vectors([copy])[0]
+            else:
+                (texts if outcome.item.modality == "text" else images).append(outcome)
+        if not texts and not images:
+            return
+        self.run.ensure_spec()
+        encoder = self.run.engine.encoder
+        if texts:
+            vectors = encoder.embed_texts([o.payload for o in texts], progress=False)
+            for outcome, vector in zip(texts, vectors, strict=True):
+                outcome.vector = vector
+        if images:
+            vectors = encoder.embed_prepared([o.payload for o in images], progress=False)
+            for outcome, vector in zip(images, vectors, strict=True):
+                outcome.vector = vector
+
+
+_FILE_STATE = ("file_size", "file_mtime_ns")
+
+
+def _record(outcome: Outcome) -> dict:
+    item = outcome.item
+    height, width = outcome.size if outcome.size else (None, None)
     return {
         "modality": item.modality,
         "source": item.source,
         "locator": item.locator,
         "text": item.text,
-        "content_hash": content_hash,
+        "content_hash": outcome.content_hash,
         "width": width,
         "height": height,
         "metadata": item.metadata,
         "file_size": item.file_size,
         "file_mtime_ns": item.file_mtime_ns,
     }
+
+
+def _stack(vectors):
+    import numpy as np
+
+    return np.stack([np.asarray(v, dtype=np.float32) for v in vectors])
