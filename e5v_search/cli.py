@@ -162,9 +162,17 @@ def similarity(texts, images, as_json, **model_args):
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Refuse larger images (decompression bombs).")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
+@click.option(
+    "--ray", "use_ray", is_flag=True, help="Run on Ray Data (pip install e5v-search[ray])."
+)
+@click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join [a local one].")
+@click.option("--gpus", type=click.IntRange(min=0), help="GPU actors [every GPU Ray sees].")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Embedding actors when there is no GPU.")  # fmt: skip
 @model_options
 @_errors_to_click
-def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, quiet, **model_args):
+def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, quiet, use_ray,
+           address, gpus, ray_actors, **model_args):  # fmt: skip
     """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
 
     Reruns embed only what is new or changed; a killed run continues where it stopped. Each
@@ -179,10 +187,18 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, qui
     def report_error(error):
         click.echo(f"skipped {error}", err=True)
 
+    ray = None
+    if use_ray:
+        from .distributed import RayOptions
+
+        ray = RayOptions(address=address, gpus=gpus, cpu_actors=ray_actors)
+    elif address or gpus is not None:
+        raise click.UsageError("--address and --gpus go with --ray")
     with _open_engine(index, create=True, **model_args) as engine:
         _echo_repairs(engine)
         report = engine.ingest(
             sources,
+            ray=ray,
             text_field=text_field,
             id_field=id_field,
             prune=prune,

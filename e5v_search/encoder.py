@@ -70,6 +70,23 @@ def resolve_dtype(dtype, device: str):
     return getattr(torch, name)
 
 
+def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dict:
+    """The spec an encoder would report, read from the checkpoint's config alone."""
+    import transformers
+    from transformers import LlavaNextConfig
+
+    config = LlavaNextConfig.from_pretrained(model, revision=revision)
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    return {
+        "model": str(model),
+        "revision": revision or getattr(config, "_commit_hash", None),
+        "dim": config.text_config.hidden_size,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "prompt_version": prompts.PROMPT_VERSION,
+        "transformers": transformers.__version__,
+    }
+
+
 class E5VEncoder:
     """Embeds texts, images and composed image+text queries into E5-V's space.
 

@@ -125,9 +125,11 @@ class Engine:
         max_pixels: int | None = None,
         on_error=None,
         progress: bool | None = None,
+        ray=None,
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
-        Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped."""
+        Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
+        `ray` (a distributed.RayOptions) runs the work on Ray Data instead of local threads."""
         started = time.perf_counter()
         report = IngestReport()
         run = Ingestion(
@@ -138,7 +140,12 @@ class Engine:
             progress=progress,
             max_pixels=max_pixels,
         )
-        run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
+        backend = None
+        if ray is not None:
+            from .distributed import RayBackend
+
+            backend = RayBackend(run, ray)
+        run.run(sources, text_field=text_field, id_field=id_field, prune=prune, backend=backend)
         report.seconds = time.perf_counter() - started
         return report
 

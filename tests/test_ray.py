@@ -1,0 +1,106 @@
+"""Ingest on a local Ray Data pipeline (CPU actors, the tiny checkpoint) against the plain one."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from e5v_search.distributed import RayOptions
+from e5v_search.engine import Engine
+from e5v_search.testing import make_sample_corpus
+
+ray = pytest.importorskip("ray", reason="Ray is the optional extra e5v-search[ray]")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-corpus")
+    paths = make_sample_corpus(root)
+    (paths["images"] / "broken.png").write_bytes(b"\x89PNG not really")
+    return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _snapshot(path):
+    conn = sqlite3.connect(path / "catalog.sqlite")
+    rows = conn.execute(
+        "SELECT i.id, i.modality, i.source, i.locator, i.content_hash, i.width, i.height, "
+        "i.metadata, v.vector FROM items i JOIN vectors v ON v.item_id = i.id ORDER BY i.id"
+    ).fetchall()
+    errors = conn.execute("SELECT source, locator, reason FROM errors ORDER BY source").fetchall()
+    conn.close()
+    return [(r[:8], np.frombuffer(r[8], dtype="<f4")) for r in rows], errors
+
+
+def _same(a, b):
+    (rows_a, errors_a), (rows_b, errors_b) = a, b
+    assert [r for r, _ in rows_a] == [r for r, _ in rows_b]
+    assert errors_a == errors_b
+    assert max(np.abs(x - y).max() for (_, x), (_, y) in zip(rows_a, rows_b, strict=True)) <= 1e-5
+
+
+def test_a_local_ray_pipeline_gives_the_plain_ingests_catalog(tmp_path, tiny_dir, corpus):
+    sources = [corpus["images"], corpus["captions"]]
+    with Engine.open(tmp_path / "plain", model=str(tiny_dir), device="cpu", create=True) as e:
+        plain = e.ingest(sources, progress=False)
+    with Engine.open(tmp_path / "ray", model=str(tiny_dir), device="cpu", create=True) as e:
+        report = e.ingest(sources, progress=False, ray=RayOptions())
+        assert e._encoder is None  # the driver never loaded the model
+        again = e.ingest(sources, progress=False, ray=RayOptions())
+    assert (report.added, report.failed) == (plain.added, plain.failed) == (96, 1)
+    assert (again.added, again.unchanged) == (0, 96)
+    _same(_snapshot(tmp_path / "ray"), _snapshot(tmp_path / "plain"))
+    assert not list((tmp_path / "ray" / "ray-shards").iterdir())  # committed, then cleaned up
+
+
+def test_a_killed_ray_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_dir, corpus):
+    images = tmp_path / "many"
+    for i in range(4):
+        for src in sorted(corpus["images"].rglob("*-grey.png")) + sorted(
+            corpus["images"].rglob("*-pale.png")
+        ):
+            target = images / str(i) / src.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(src).rotate(20 * i).save(target)
+    sources = [str(images), str(corpus["captions"])]
+    command = [sys.executable, "-m", "e5v_search.cli", "ingest", *sources, "--quiet", "--ray"]
+    env = dict(os.environ, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command + ["--index", str(killed)], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 180
+    count = 0
+    while time.time() < deadline and process.poll() is None:
+        try:
+            conn = sqlite3.connect(killed / "catalog.sqlite", timeout=0.1)
+            count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            conn.close()
+        except sqlite3.Error:
+            count = 0
+        if count >= 64:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 64 <= count < 192 + 48
+
+    rerun = subprocess.run(command + ["--index", str(killed)], env=env, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    with Engine.open(tmp_path / "plain", model=str(tiny_dir), device="cpu", create=True) as e:
+        e.ingest(sources, progress=False)
+    _same(_snapshot(killed), _snapshot(tmp_path / "plain"))
