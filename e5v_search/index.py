@@ -95,6 +95,10 @@ def train(index, vectors: np.ndarray, factory: str) -> None:
     """Train `index` on `vectors`; a clear error when they are too few for this type."""
     if index.is_trained:
         return
+    ivf = _ivf(index)
+    if ivf is not None and faiss.get_num_gpus() > 0:
+        # k-means on the GPU: the slow part of training IVF types with many lists.
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
     with _native_stderr() as native:
         try:
             index.train(np.ascontiguousarray(vectors, dtype=np.float32))

@@ -437,6 +437,14 @@ class Store:
             entry["bytes"] = sum(p.stat().st_size for p in files)
         return stats
 
+    def set_search(self, modality: str, rerank=None, nprobe=None, ef_search=None) -> None:
+        """Change how a modality's index is searched, without rebuilding it; saved."""
+        index = self.indexes[modality]
+        fx.set_search_defaults(index, nprobe, ef_search)
+        self.manifest["indexes"][modality]["rerank"] = rerank
+        self._changed(modality)
+        self.save()
+
     def recall(self, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, float]:
         """recall@k of each modality's index against exact search, with a sample of stored
         vectors of each modality as queries (their own id excluded): 'text->image' etc."""
