@@ -49,21 +49,27 @@ class Choice:
 
 
 def choose(n: int, dim: int, budget: int) -> Choice:
-    """The index type for `n` vectors of `dim` in `budget` bytes, as autofaiss chooses: exact
-    Flat when it fits, else OPQ-rotated IVF-PQ with the most bytes per vector that fit, its
-    inverted lists on disk."""
+    """The index type for `n` vectors of `dim` in `budget` bytes, as autofaiss chooses: the
+    most exact one that fits. Flat; else 8-bit scalar quantization (in memory); else IVF-PQ with
+    as many bytes per vector as fit (OPQ-rotated at 64 bytes and fewer), its lists on disk."""
     flat = n * (dim * 4 + FLAT_OVERHEAD)
     if flat <= budget:
         return Choice("Flat", flat, False, f"Flat fits ({_gib(flat)} <= {_gib(budget)})")
+    over = f"Flat needs {_gib(flat)} > {_gib(budget)}"
+    sq8 = n * (dim + FLAT_OVERHEAD)
+    if sq8 <= budget:
+        return Choice("SQ8", sq8, False, f"{over}; SQ8 ~{_gib(sq8)}")
     nlist = _nlist(n)
-    for m in (64, 48, 32, 16, 8):
-        reduced = min(dim, 8 * m)
-        size = n * (m + ID_BYTES) + _fixed_bytes(n, dim, m)
+    for m in (512, 256, 128, 64, 48, 32, 16, 8):
+        reduced = dim if m > 64 else min(dim, 8 * m)
+        if m > reduced or reduced % m:
+            continue
+        size = n * (m + ID_BYTES) + _fixed_bytes(n, dim, reduced, rotated=m <= 64)
         if size <= budget:
-            factory = f"OPQ{m}_{reduced},IVF{nlist},PQ{m}"
-            why = f"Flat needs {_gib(flat)} > {_gib(budget)}; {factory} ~{_gib(size)}"
-            return Choice(factory, size, True, why)
-    smallest = n * (8 + ID_BYTES) + _fixed_bytes(n, dim, 8)
+            rotation = "" if m > 64 else f"OPQ{m}_{reduced},"
+            factory = f"{rotation}IVF{nlist},PQ{m}"
+            return Choice(factory, size, True, f"{over}; {factory} ~{_gib(size)}")
+    smallest = n * (8 + ID_BYTES) + _fixed_bytes(n, dim, min(dim, 64))
     raise InputError(
         f"{_gib(budget)} is too little for {n:,} vectors of {dim} values: the smallest "
         f"compressed index needs about {_gib(smallest)}"
@@ -77,7 +83,7 @@ def plan(counts: dict[str, int], dim: int, budget: int) -> dict[str, Choice]:
     choices, left = {}, budget
     for modality, n in counts.items():
         flat = n * (dim * 4 + FLAT_OVERHEAD)
-        if flat <= _fixed_bytes(n, dim, 64):
+        if flat <= _fixed_bytes(n, dim, min(dim, 64)):
             choices[modality] = Choice("Flat", flat, False, "small: exact Flat is cheaper")
             left -= flat
     rest = {m: n for m, n in counts.items() if m not in choices}
@@ -87,9 +93,10 @@ def plan(counts: dict[str, int], dim: int, budget: int) -> dict[str, Choice]:
     return choices
 
 
-def _fixed_bytes(n: int, dim: int, m: int) -> int:
-    reduced = min(dim, 8 * m)
-    return dim * reduced * 4 + _nlist(n) * reduced * 4 + 256 * reduced * 4
+def _fixed_bytes(n: int, dim: int, reduced: int, rotated: bool = True) -> int:
+    """Rotation matrix, IVF centroids and PQ codebooks: what a compressed index costs at any n."""
+    rotation = dim * reduced * 4 if rotated else 0
+    return rotation + _nlist(n) * reduced * 4 + 256 * reduced * 4
 
 
 def _nlist(n: int) -> int:

@@ -25,9 +25,12 @@ def test_sizes_parse():
 def test_the_choice_follows_the_budget():
     flat = ondisk.choose(1_000_000, 4096, 20 * 2**30)
     assert flat.factory == "Flat" and not flat.ondisk
+    scalar = ondisk.choose(1_000_000, 4096, 8 * 2**30)
+    assert scalar.factory == "SQ8" and scalar.estimated_bytes <= 8 * 2**30
+    wide = ondisk.choose(10_000_000, 4096, 8 * 2**30)
+    assert wide.factory == "IVF16384,PQ512" and wide.ondisk
     packed = ondisk.choose(100_000_000, 4096, 8 * 2**30)
     assert packed.factory == "OPQ64_512,IVF65536,PQ64" and packed.ondisk
-    assert packed.estimated_bytes <= 8 * 2**30
     assert packed.estimated_bytes / 100_000_000 < 90  # ~72 B/vector, as the issue expects
     smaller = ondisk.choose(100_000_000, 4096, 2 * 2**30)
     assert smaller.factory.endswith("PQ8") and smaller.estimated_bytes <= 2 * 2**30
@@ -79,15 +82,17 @@ def test_a_layered_index_takes_adds_removes_and_updates(tmp_path):
 def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_path):
     path = tmp_path / "ix"
     store = Store.open(path, create=True)
-    vectors = clustered_vectors(2200, DIM, seed=1)
-    items = [{"modality": "image" if i < 2000 else "text", "source": str(i)} for i in range(2200)]
+    n = 6000
+    vectors = clustered_vectors(n + 200, DIM, seed=1)
+    items = [{"modality": "image" if i < n else "text", "source": str(i)} for i in range(n + 200)]
     ids = np.array(store.add(items, vectors, SPEC))
-    flat_bytes = 2000 * (DIM * 4 + ondisk.FLAT_OVERHEAD)
-    budget = flat_bytes // 2
-    stats = {s["modality"]: s for s in store.rebuild(max_memory=budget * 2200 // 2000)}
+    texts_flat = 200 * (DIM * 4 + ondisk.FLAT_OVERHEAD)
+    budget = 500_000  # under Flat (1.7 MB) and SQ8 (0.5 MB) for the images: IVF-PQ on disk
+    stats = {s["modality"]: s for s in store.rebuild(max_memory=budget + texts_flat)}
     image = stats["image"]
-    assert "PQ" in image["factory"] and "Flat needs" in image["note"]
+    assert image["factory"].startswith("OPQ") and "Flat needs" in image["note"]
     assert image["bytes"] <= budget  # measured: base + lists + delta + mask files
+    assert stats["text"]["factory"] == "Flat"  # a small modality stays exact
     info = store.info()["indexes"]["image"]
     assert info["on_disk"] and info["bytes"] == image["bytes"]
     assert store.recall(k=10, sample=50)["image->image"] > 0.3
@@ -100,7 +105,7 @@ def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_pa
     store.close()
     reopened = Store.open(path)
     assert reopened.repairs == []
-    assert reopened.indexes["image"].ntotal == reopened.catalog.count("image") == 1993
+    assert reopened.indexes["image"].ntotal == reopened.catalog.count("image") == n - 7
     hits = reopened.search(new, k=1, modality="image")
     assert [row[0].id for row in hits] == new_ids
     everything = {
@@ -111,7 +116,7 @@ def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_pa
 
     reopened.rebuild("Flat")  # folds everything back into one in-memory index
     assert not list(path.glob("image.g*"))
-    assert reopened.indexes["image"].ntotal == 1993
+    assert reopened.indexes["image"].ntotal == n - 7
 
 
 def test_rerank_rescores_candidates_exactly(tmp_path):

@@ -49,5 +49,5 @@ def test_rebuild_script_chooses_a_type_for_a_memory_budget(tmp_path):
     store.close()
     result = _run("scripts/rebuild_index.py", str(tmp_path / "ix"), "--max-memory", "200KB")
     assert result.returncode == 0, result.stderr
-    assert "| image | OPQ" in result.stdout and "Flat needs" in result.stdout
+    assert "| image | SQ8 |" in result.stdout and "Flat needs" in result.stdout
     assert "| image->image |" in result.stdout
