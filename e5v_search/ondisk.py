@@ -193,7 +193,7 @@ def build(trained, chunks, folder: Path, modality: str, generation: int) -> tupl
 def load(folder: Path, entry: dict) -> LayeredIndex:
     """The base (lists paged from disk), its delta and its mask, as the manifest names them."""
     stem = entry["file"].removesuffix(".faiss")
-    with fx._native_stderr():  # "updating ondisk filename" lines
+    with fx._native_stderr(), _native_stdout():  # "updating ondisk filename" lines
         base = faiss.read_index(str(folder / entry["file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
     delta_file, mask_file = folder / f"{stem}.delta.faiss", folder / f"{stem}.masked.npy"
     delta = fx.load(delta_file) if delta_file.exists() else fx.make("Flat", base.d)
