@@ -120,7 +120,8 @@ class RayBackend:
             1, int(ray.cluster_resources().get("CPU", 2)) - (gpus or self.options.cpu_actors) - 1
         )
         dataset = (
-            ray.data.from_items(rows)
+            # One block per chunk: chunks stream through the stages and prepare in parallel.
+            ray.data.from_items(rows, override_num_blocks=max(1, len(todo)))
             .map_batches(
                 _Prepare,
                 fn_constructor_kwargs={"model_args": model_args, "max_pixels": self.run.max_pixels},
