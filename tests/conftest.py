@@ -1,5 +1,7 @@
 import os
+import sqlite3
 
+import numpy as np
 import pytest
 
 # Tests never reach a model hub: a hub id must fail at once, not after network retries.
@@ -73,3 +75,23 @@ TEXTS = [
 @pytest.fixture
 def texts():
     return list(TEXTS)
+
+
+def catalog_snapshot(path):
+    """Every stored item (all but time stamps) with its vector, and the recorded errors."""
+    conn = sqlite3.connect(path / "catalog.sqlite")
+    rows = conn.execute(
+        "SELECT i.id, i.modality, i.source, i.locator, i.content_hash, i.width, i.height, "
+        "i.metadata, v.vector FROM items i JOIN vectors v ON v.item_id = i.id ORDER BY i.id"
+    ).fetchall()
+    errors = conn.execute("SELECT source, locator, reason FROM errors ORDER BY source").fetchall()
+    conn.close()
+    return [(r[:8], np.frombuffer(r[8], dtype="<f4")) for r in rows], errors
+
+
+def assert_same_catalog(a, b, tolerance=1e-5):
+    (rows_a, errors_a), (rows_b, errors_b) = a, b
+    assert [r for r, _ in rows_a] == [r for r, _ in rows_b]
+    assert errors_a == errors_b
+    pairs = zip(rows_a, rows_b, strict=True)
+    assert max(np.abs(x - y).max() for (_, x), (_, y) in pairs) <= tolerance

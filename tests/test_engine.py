@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_same_catalog, catalog_snapshot
 from PIL import Image
 
 from e5v_search.cli import cli
@@ -236,16 +237,6 @@ def test_a_query_with_another_model_is_refused(tmp_path, tiny_dir, legacy_dir, c
             engine.search("a dog")
 
 
-def _snapshot(path):
-    conn = sqlite3.connect(path / "catalog.sqlite")
-    rows = conn.execute(
-        "SELECT i.id, i.modality, i.source, i.locator, i.content_hash, i.metadata, v.vector "
-        "FROM items i JOIN vectors v ON v.item_id = i.id ORDER BY i.id"
-    ).fetchall()
-    conn.close()
-    return [(r[:6], np.frombuffer(r[6], dtype="<f4")) for r in rows]
-
-
 def test_an_ingest_killed_mid_run_resumes_to_the_same_catalog(tmp_path, tiny_dir, corpus):
     images = tmp_path / "many"
     for i in range(6):  # 288 distinct images: long enough to be killed in the middle
@@ -282,19 +273,14 @@ def test_an_ingest_killed_mid_run_resumes_to_the_same_catalog(tmp_path, tiny_dir
         time.sleep(0.01)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert len(_snapshot(killed)) < 288 + 48
+    assert len(catalog_snapshot(killed)[0]) < 288 + 48
 
     rerun = subprocess.run(command + ["--index", str(killed)], env=env, capture_output=True)
     assert rerun.returncode == 0, rerun.stderr
     whole = tmp_path / "whole"
     assert subprocess.run(command + ["--index", str(whole)], env=env).returncode == 0
 
-    resumed, uninterrupted = _snapshot(killed), _snapshot(whole)
-    assert [row for row, _ in resumed] == [row for row, _ in uninterrupted]
-    assert (
-        max(np.abs(a - b).max() for (_, a), (_, b) in zip(resumed, uninterrupted, strict=True))
-        <= 1e-5
-    )
+    assert_same_catalog(catalog_snapshot(killed), catalog_snapshot(whole))
     with Engine.open(killed, model=str(tiny_dir), device="cpu") as engine:
         info = engine.info()
         assert info["indexes"]["image"]["vectors"] == info["counts"]["image"] == 288

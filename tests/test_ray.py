@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+from conftest import assert_same_catalog, catalog_snapshot
 from PIL import Image
 
 from e5v_search.distributed import RayOptions
@@ -33,24 +33,6 @@ def ray_session():
         ray.shutdown()
 
 
-def _snapshot(path):
-    conn = sqlite3.connect(path / "catalog.sqlite")
-    rows = conn.execute(
-        "SELECT i.id, i.modality, i.source, i.locator, i.content_hash, i.width, i.height, "
-        "i.metadata, v.vector FROM items i JOIN vectors v ON v.item_id = i.id ORDER BY i.id"
-    ).fetchall()
-    errors = conn.execute("SELECT source, locator, reason FROM errors ORDER BY source").fetchall()
-    conn.close()
-    return [(r[:8], np.frombuffer(r[8], dtype="<f4")) for r in rows], errors
-
-
-def _same(a, b):
-    (rows_a, errors_a), (rows_b, errors_b) = a, b
-    assert [r for r, _ in rows_a] == [r for r, _ in rows_b]
-    assert errors_a == errors_b
-    assert max(np.abs(x - y).max() for (_, x), (_, y) in zip(rows_a, rows_b, strict=True)) <= 1e-5
-
-
 def test_a_local_ray_pipeline_gives_the_plain_ingests_catalog(tmp_path, tiny_dir, corpus):
     sources = [corpus["images"], corpus["captions"]]
     with Engine.open(tmp_path / "plain", model=str(tiny_dir), device="cpu", create=True) as e:
@@ -61,7 +43,7 @@ def test_a_local_ray_pipeline_gives_the_plain_ingests_catalog(tmp_path, tiny_dir
         again = e.ingest(sources, progress=False, ray=RayOptions())
     assert (report.added, report.failed) == (plain.added, plain.failed) == (96, 1)
     assert (again.added, again.unchanged) == (0, 96)
-    _same(_snapshot(tmp_path / "ray"), _snapshot(tmp_path / "plain"))
+    assert_same_catalog(catalog_snapshot(tmp_path / "ray"), catalog_snapshot(tmp_path / "plain"))
     assert not list((tmp_path / "ray" / "ray-shards").iterdir())  # committed, then cleaned up
 
 
@@ -98,4 +80,4 @@ def test_a_killed_ray_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_d
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with Engine.open(tmp_path / "plain", model=str(tiny_dir), device="cpu", create=True) as e:
         e.ingest(sources, progress=False)
-    _same(_snapshot(killed), _snapshot(tmp_path / "plain"))
+    assert_same_catalog(catalog_snapshot(killed), catalog_snapshot(tmp_path / "plain"))
