@@ -57,6 +57,17 @@ def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
+def parse_filters(pairs) -> dict:
+    """["album=2024", "color=red"] -> {"album": "2024", "color": "red"} (CLI and HTTP)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"filter {pair!r}: write KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def metadata_filter(filters: dict) -> tuple[str, list]:
     """{"label": "dog", "size.w": 3} -> an SQL condition on the metadata JSON and its params."""
     clauses, params = [], []

@@ -251,7 +251,7 @@ def search(
       e5v-search search --image cat.jpg --type image -k 5
       e5v-search search "a horse" --add "stripes" --subtract "black and white"
     """
-    filters = _parse_meta(meta)
+    filters = _filters(meta)
     if where and filters:
         raise click.UsageError("use --where or --meta, not both")
     with _open_engine(index, **model_args) as engine:
@@ -336,7 +336,7 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
 @_errors_to_click
 def delete(index, ids, source_prefix, where, meta):
     """Delete items from the catalog and the index."""
-    filters = _parse_meta(meta)
+    filters = _filters(meta)
     with _open_engine(index) as engine:
         removed = engine.delete(
             list(ids), source_prefix=source_prefix, where=where or filters or None
@@ -458,14 +458,10 @@ def index_recall(index, sample, k):
             click.echo(f"recall@{k} {pair} ({factory[pair.split('->')[1]]}): {value:.3f}")
 
 
-def _parse_meta(pairs) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.UsageError(f"--meta {pair!r}: write KEY=VALUE")
-        out[key] = value
-    return out
+def _filters(pairs) -> dict:
+    from .catalog import parse_filters  # here: `--help` stays free of numpy and SQLite
+
+    return parse_filters(pairs)
 
 
 def _describe(result) -> str:

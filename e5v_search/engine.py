@@ -19,6 +19,7 @@ import numpy as np
 from .catalog import MODALITIES, metadata_filter
 from .config import DEFAULT_MODEL
 from .errors import E5VSearchError, InputError
+from .images import IMAGE_EXTENSIONS
 from .ingest import Ingestion
 from .store import Store
 
@@ -213,7 +214,7 @@ class Engine:
     def _term_vector(self, value) -> np.ndarray:
         self.spec()
         path = Path(str(value)).expanduser()
-        if path.suffix.lower() in _image_suffixes() and path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             return self.encoder.embed_images([path], workers=0)[0]
         return self.encoder.embed_texts([str(value)])[0]
 
@@ -261,12 +262,6 @@ def _result(hit, row) -> Result:
         text=row["text"],
         metadata=row["metadata"],
     )
-
-
-def _image_suffixes():
-    from .images import IMAGE_EXTENSIONS
-
-    return IMAGE_EXTENSIONS
 
 
 __all__ = ["Engine", "E5VSearchError", "IngestReport", "MODALITIES", "Result"]

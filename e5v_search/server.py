@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from .catalog import parse_filters
 from .errors import E5VSearchError, InputError
 from .images import DEFAULT_MAX_PIXELS, to_rgb
 from .serving import THUMBNAIL_SIZES, ModelWorker, ThumbnailCache
@@ -83,7 +84,7 @@ def create_app(
         meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
     ):
         started = time.perf_counter()
-        filters = _filters(meta)
+        filters = parse_filters(meta)
         if (q is None) == (like is None):
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
@@ -106,7 +107,7 @@ def create_app(
     ):
         started = time.perf_counter()
         image = await _read_upload(file, max_upload_bytes)
-        filters = _filters(meta)
+        filters = parse_filters(meta)
         text = text if text and text.strip() else None
         vector = await _in_thread(worker.embed_image, image, text)
         return await _in_thread(
@@ -180,16 +181,6 @@ def _out(result) -> ResultOut:
 
 def _thumb_url(item_id: int, modality: str) -> str | None:
     return f"/thumbs/{item_id}.jpg" if modality == "image" else None
-
-
-def _filters(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise HTTPException(400, f"filter {pair!r}: write KEY=VALUE")
-        out[key] = value
-    return out
 
 
 async def _read_upload(file: UploadFile, limit: int) -> Image.Image:

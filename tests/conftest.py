@@ -46,6 +46,17 @@ def recipe_model(tiny_dir):
     return model, processor
 
 
+def sample_engine(root, model_dir):
+    """An engine over the sample corpus (48 images, 48 captions) ingested with `model_dir`."""
+    from e5v_search.engine import Engine
+    from e5v_search.testing import make_sample_corpus
+
+    corpus = make_sample_corpus(root / "corpus")
+    engine = Engine.open(root / "ix", model=str(model_dir), device="cpu", create=True)
+    engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+    return engine, corpus
+
+
 @pytest.fixture(scope="session")
 def shaped_images(tmp_path_factory):
     """Image files whose anyres tiling at the tiny geometry gives 3, 4 and 5 crops."""

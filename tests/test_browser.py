@@ -7,10 +7,9 @@ import threading
 import time
 
 import pytest
+from conftest import sample_engine
 
-from e5v_search.engine import Engine
 from e5v_search.server import create_app
-from e5v_search.testing import make_sample_corpus
 
 CHROMIUM = os.environ.get("E5V_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.skipif(
 def server_url(tmp_path_factory, tiny_dir):
     import uvicorn
 
-    root = tmp_path_factory.mktemp("browser")
-    corpus = make_sample_corpus(root / "corpus")
-    engine = Engine.open(root / "ix", model=str(tiny_dir), device="cpu", create=True)
-    engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+    engine, corpus = sample_engine(tmp_path_factory.mktemp("browser"), tiny_dir)
     app = create_app(engine)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

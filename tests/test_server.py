@@ -4,20 +4,16 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import sample_engine
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from e5v_search.engine import Engine
 from e5v_search.server import create_app
-from e5v_search.testing import make_sample_corpus
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_dir):
-    root = tmp_path_factory.mktemp("served")
-    corpus = make_sample_corpus(root / "corpus")
-    engine = Engine.open(root / "ix", model=str(tiny_dir), device="cpu", create=True)
-    engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+    engine, corpus = sample_engine(tmp_path_factory.mktemp("served"), tiny_dir)
     app = create_app(engine, max_upload_bytes=200_000)
     with TestClient(app) as client:
         yield client, engine, corpus
