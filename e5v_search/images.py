@@ -1,6 +1,12 @@
-"""Opening images for the encoder: any mode PIL reads becomes RGB, files get their EXIF
-orientation applied, animations give their first frame, and a pixel cap stops decompression
-bombs before any pixel is decoded."""
+"""Opening images for the encoder: any mode PIL reads becomes RGB, animations give their first
+frame, and a pixel cap stops decompression bombs before any pixel is decoded.
+
+One EXIF rule: an image is embedded upright, as a photo viewer shows it. The EXIF Orientation tag
+is applied wherever the image comes from (a file, a PIL image that still carries the tag, an
+upload to the server, a Ray worker, an evaluation set), so a phone photo gets one vector whichever
+way it arrives. An image already turned upright (its tag removed, as `ImageOps.exif_transpose`
+does) is left as it is.
+"""
 
 from __future__ import annotations
 
@@ -22,26 +28,33 @@ _HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
 def image_size(source) -> tuple[int, int]:
     """(height, width) as the encoder will see it, reading little more than the file's header."""
     if isinstance(source, Image.Image):
-        return source.height, source.width
-    with _open(source) as image:
-        width, height = image.size
-        orientation = _read(source, lambda: image.getexif().get(_EXIF_ORIENTATION))
+        width, height = source.size
+        orientation = _read("the image", lambda: source.getexif().get(_EXIF_ORIENTATION))
+    else:
+        with _open(source) as image:
+            width, height = image.size
+            orientation = _read(source, lambda: image.getexif().get(_EXIF_ORIENTATION))
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return height, width
 
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An RGB image from a PIL image (used as given) or a path (EXIF orientation applied)."""
+    """An upright RGB image from a path or a PIL image (EXIF orientation applied to both)."""
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return _read("the image", lambda: upright_rgb(source))
     with _open(source) as image:
         if image.width * image.height > max_pixels:
             raise InputError(
                 f"{source}: {image.width}x{image.height} is over the cap of {max_pixels:,} "
                 "pixels (a decompression bomb?); raise the cap if the image is real"
             )
-        return _read(source, lambda: to_rgb(ImageOps.exif_transpose(image)))
+        return _read(source, lambda: upright_rgb(image))
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The one EXIF rule (see the module's docstring), then RGB."""
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

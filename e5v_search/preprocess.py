@@ -25,6 +25,9 @@ class PreparedImage:
 
 class Preprocessor:
     def __init__(self, processor, config):
+        from .anyres import use_e5v_pixels
+
+        use_e5v_pixels(processor)  # E5-V's own pixels, whichever path an image takes
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.image_token_id = config.image_token_id

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from .catalog import parse_filters
 from .errors import E5VSearchError, InputError
-from .images import DEFAULT_MAX_PIXELS, to_rgb
+from .images import DEFAULT_MAX_PIXELS, upright_rgb
 from .serving import THUMBNAIL_SIZES, ModelWorker, ThumbnailCache
 
 STATIC = Path(__file__).parent / "static"
@@ -194,7 +194,7 @@ async def _read_upload(file: UploadFile, limit: int) -> Image.Image:
         if image.width * image.height > DEFAULT_MAX_PIXELS:
             raise HTTPException(413, f"the image has over {DEFAULT_MAX_PIXELS:,} pixels")
         image.load()
-        return to_rgb(image)
+        return upright_rgb(image)  # the same EXIF rule as a file on disk
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise HTTPException(415, f"{file.filename or 'the upload'} is not an image") from error
     except (OSError, ValueError, SyntaxError) as error:

@@ -41,8 +41,11 @@ def recipe_model(tiny_dir):
     """The model card's objects: the full ConditionalGeneration model and the processor."""
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
+    from e5v_search.anyres import use_e5v_pixels
+
     model = LlavaNextForConditionalGeneration.from_pretrained(str(tiny_dir)).eval()
     processor = LlavaNextProcessor.from_pretrained(str(tiny_dir), backend="pil")
+    use_e5v_pixels(processor)  # the recipe and the encoder are fed the same pixels
     return model, processor
 
 

@@ -47,7 +47,8 @@ def test_image_size_follows_exif_orientation(tmp_path):
     image.save(path, exif=exif)
     assert image_size(path) == (40, 20)
     assert load_image(path).size == (20, 40)
-    assert image_size(image) == (20, 40)
+    # The same rule for a PIL image that carries the tag (see test_exif.py).
+    assert image_size(image) == (40, 20) and load_image(image).size == (20, 40)
 
 
 def test_load_image_converts_to_rgb(tmp_path):
