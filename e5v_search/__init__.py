@@ -3,10 +3,18 @@
 Importing the package stays light (no torch, no transformers): heavy modules load on first use.
 """
 
-from .errors import E5VSearchError, InputError, ModelLoadError
+from .errors import E5VSearchError, EmbeddingError, InputError, ModelLoadError
 
 __version__ = "0.1.0"
-__all__ = ["E5VEncoder", "E5VSearchError", "Engine", "InputError", "ModelLoadError", "__version__"]
+__all__ = [
+    "E5VEncoder",
+    "E5VSearchError",
+    "EmbeddingError",
+    "Engine",
+    "InputError",
+    "ModelLoadError",
+    "__version__",
+]
 
 
 def __getattr__(name):

@@ -258,6 +258,10 @@ class Catalog:
             raise InputError(
                 f"vectors have {np.shape(vectors)[1]} values, the spec says {spec['dim']}"
             )
+        finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
+        if len(vectors) and not finite.all():
+            bad = [item.get("source") for item, ok in zip(items, finite, strict=True) if not ok]
+            raise InputError(f"non-finite vectors are never stored (items from {bad[:3]})")
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ def repair_processor(processor, config) -> list[str]:
         repairs.append(f"processor num_additional_image_tokens set to {extra}")
 
     tokenizer = processor.tokenizer
-    # Pooling reads position -1: with right padding, shorter rows would pool a pad token.
+    # The recipe pools position -1: with right padding, shorter rows would pool a pad token
+    # (the encoder pads right but pools each row's own last token; see encoder.py).
     if tokenizer.padding_side != "left":
         repairs.append(f"tokenizer padding_side {tokenizer.padding_side!r} -> 'left'")
         tokenizer.padding_side = "left"

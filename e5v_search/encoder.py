@@ -1,8 +1,16 @@
 """E5VEncoder: texts, images and image+text queries to E5-V's unit vectors.
 
 It gives the model card's vectors (same prompts, last-token pooling, L2 norm) while running only
-the base `LlavaNextModel` (no lm_head, no KV cache, no hidden-state list), always padding left,
-batching under a token budget with the longest items first, and repairing legacy checkpoints.
+the base `LlavaNextModel` (no lm_head, no KV cache, no hidden-state list), batching under a token
+budget with the longest items first, and repairing legacy checkpoints.
+
+Batches are padded on the RIGHT and each row pools its own last real token. The recipe pads left
+and pools position -1, but left padding makes every pad position a query row with nothing to
+attend to (all its keys are pads); transformers 5.x no longer un-masks such rows, and fp16/bf16
+attention kernels can return NaN there, which the next layer spreads to real tokens (0 x NaN).
+With right padding every pad row sees its sequence's real tokens, no row is ever fully masked,
+and each item keeps the positions it has alone. Every pooled vector is checked all the same: a
+non-finite row is embedded again alone, and one that stays non-finite raises `EmbeddingError`.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 from . import checkpoint, prompts
 from .batching import plan_batches
 from .config import DEFAULT_MODEL
-from .errors import InputError, ModelLoadError
+from .errors import EmbeddingError, InputError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, image_size, load_image
 from .preprocess import PreparedImage, Preprocessor
 
@@ -294,11 +302,21 @@ class E5VEncoder:
                     break
                 batch, started = ahead.popleft()
                 out[batch] = self._forward(self._inputs(started))
+                for i in _non_finite(out, batch) if len(batch) > 1 else []:
+                    out[i] = self._forward(self._inputs([requests[i]]))  # alone: no padding
                 bar.update(len(batch))
         finally:
             bar.close()
             if pool:
                 pool.shutdown(cancel_futures=True)
+        failed = _non_finite(out, range(len(out)))
+        if failed:
+            raise EmbeddingError(
+                f"the model gave a non-finite vector for input(s) {failed} even embedded alone "
+                f"({self.dtype} on {self.device}): try --dtype bfloat16 or float32",
+                failed,
+                out,
+            )
         return out
 
     def _start(self, pool, batch: list[_Request]) -> list:
@@ -308,12 +326,12 @@ class E5VEncoder:
         return [pool.submit(self.prepare_image, r.image) for r in batch]
 
     def _inputs(self, batch: list) -> dict:
-        """CPU tensors for one forward pass, always padded on the left."""
+        """CPU tensors for one forward pass, padded on the right."""
         if isinstance(batch[0], Future):
             batch = [_Request("", 0, image=f.result()) for f in batch]
         first = batch[0]
         if first.image is None:
-            return _left_pad([r.ids for r in batch], self.tokenizer.pad_token_id)
+            return _right_pad([r.ids for r in batch], self.tokenizer.pad_token_id)
         if first.prompt == prompts.IMAGE_PROMPT:
             batch = [_Request("", 0, image=self.prepare_image(r.image)) for r in batch]
         if isinstance(batch[0].image, PreparedImage):
@@ -322,14 +340,14 @@ class E5VEncoder:
             text=[r.prompt for r in batch],
             images=[load_image(r.image) for r in batch],
             padding=True,
-            padding_side="left",
+            padding_side="right",
             return_tensors="pt",
         )
 
     def _collate(self, images: list[PreparedImage]) -> dict:
         import torch
 
-        inputs = _left_pad(
+        inputs = _right_pad(
             [self.preprocessor.image_prompt_ids(p) for p in images], self.tokenizer.pad_token_id
         )
         crops = max(p.pixel_values.shape[0] for p in images)
@@ -345,14 +363,17 @@ class E5VEncoder:
         import torch
         import torch.nn.functional as F
 
-        if not bool(inputs["attention_mask"][:, -1].all()):
-            raise RuntimeError("inputs are not padded on the left: pooled vectors would be wrong")
+        mask = inputs["attention_mask"]
+        last = mask.sum(dim=1) - 1  # each row's last real token
+        if not bool(mask[:, 0].all()) or bool((mask.cumsum(dim=1)[:, -1] != last + 1).any()):
+            raise RuntimeError("inputs are not padded on the right: pooled vectors would be wrong")
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
-            hidden = self.model(**inputs, use_cache=False).last_hidden_state[:, -1, :]
-            return F.normalize(hidden.float(), dim=-1).cpu().numpy()
+            hidden = self.model(**inputs, use_cache=False).last_hidden_state
+            pooled = hidden[torch.arange(len(last), device=hidden.device), last.to(hidden.device)]
+            return F.normalize(pooled.float(), dim=-1).cpu().numpy()
 
 
 @contextmanager
@@ -373,16 +394,20 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
-def _left_pad(sequences: list[list[int]], pad_id: int) -> dict:
+def _right_pad(sequences: list[list[int]], pad_id: int) -> dict:
     import torch
 
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def _non_finite(out: np.ndarray, rows) -> list[int]:
+    return [i for i in rows if not np.isfinite(out[i]).all()]
 
 
 def _as_list(items, kind, name) -> list:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
+from .errors import EmbeddingError, InputError
 from .images import DEFAULT_MAX_PIXELS
 from .sources import SourceError, SourceItem, file_hash, scan, scope_of, text_hash
 
@@ -217,13 +217,25 @@ class ThreadBackend:
         self.run.ensure_spec()
         encoder = self.run.engine.encoder
         if texts:
-            vectors = encoder.embed_texts([o.payload for o in texts], progress=False)
-            for outcome, vector in zip(texts, vectors, strict=True):
-                outcome.vector = vector
+            _embed_each(encoder.embed_texts, texts)
         if images:
-            vectors = encoder.embed_prepared([o.payload for o in images], progress=False)
-            for outcome, vector in zip(images, vectors, strict=True):
-                outcome.vector = vector
+            _embed_each(encoder.embed_prepared, images)
+
+
+def _embed_each(embed, outcomes: list[Outcome]) -> None:
+    """Vectors into the outcomes; an item the model gives a non-finite vector for (even alone)
+    fails as that item's error and the others keep theirs."""
+    try:
+        vectors, failed = embed([o.payload for o in outcomes], progress=False), []
+    except EmbeddingError as error:
+        vectors, failed = error.vectors, error.indices
+    for i, (outcome, vector) in enumerate(zip(outcomes, vectors, strict=True)):
+        if i in failed:
+            item = outcome.item
+            outcome.error = SourceError(item.source, item.locator, "the model gave a non-finite "
+                                        "vector (NaN or inf): not stored")  # fmt: skip
+        else:
+            outcome.vector = vector
 
 
 _FILE_STATE = ("file_size", "file_mtime_ns")
