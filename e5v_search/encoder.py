@@ -205,14 +205,23 @@ class E5VEncoder:
         return self._run(requests, progress)
 
     def embed_images(
-        self, images, *, progress: bool | None = None, workers: int | None = None
+        self,
+        images,
+        *,
+        progress: bool | None = None,
+        workers: int | None = None,
+        prompt: str = prompts.IMAGE_PROMPT,
     ) -> np.ndarray:
         """Images (paths or PIL images). Decoding and anyres preprocessing run ahead of the model
-        in `workers` threads (default: up to 8), two batches ahead."""
+        in `workers` threads (default: up to 8), two batches ahead. `prompt` (one `<image>` in
+        it) is E5-V's image prompt unless an evaluation needs another (CIRR's gallery)."""
         images = _as_list(images, object, "images")
+        if prompt.count(prompts.IMAGE_TOKEN) != 1:
+            raise InputError("an image prompt needs exactly one <image> placeholder")
+        around = len(self.tokenizer(prompt).input_ids) - 1  # the prompt less its <image>
         counts = self.count_image_tokens([image_size(image) for image in images])
         requests = [
-            _Request(prompts.IMAGE_PROMPT, self._image_prompt_tokens + n, image=image)
+            _Request(prompt, around + n, image=image)
             for image, n in zip(images, counts, strict=True)
         ]
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -336,7 +345,7 @@ class E5VEncoder:
             batch = [_Request("", 0, image=self.prepare_image(r.image)) for r in batch]
         if isinstance(batch[0].image, PreparedImage):
             return self._collate([r.image for r in batch])
-        return self.processor(  # composed queries: text and image in one prompt
+        return self.processor(  # composed queries and other image prompts
             text=[r.prompt for r in batch],
             images=[load_image(r.image) for r in batch],
             padding=True,

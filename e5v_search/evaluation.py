@@ -211,21 +211,25 @@ def evaluate_retrieval(engine, pairs: Pairs, images_dir: str | Path, progress=No
 
 
 def evaluate_composed(engine, triples: Triples, images_dir: str | Path, progress=None) -> Report:
-    """CIRR-style: each (reference image, text) query must find its target among the images;
-    the reference image is excluded from its own results, as E5-V's evaluation does."""
+    """CIRR as E5-V's retrieval.py runs it: the gallery embedded with E5-V's CIRR gallery prompt
+    (not the retrieval prompt, so a gallery index of its own, `cirr-gallery/` inside the index
+    directory, which reruns reuse), each (reference image, text) query with the composed prompt,
+    exact inner-product search, the reference image excluded from its own results."""
     images_dir = Path(images_dir)
     names = sorted(set(triples.references) | set(triples.targets))
     paths = [str((images_dir / n).resolve()) for n in names]
-    report = engine.ingest(paths, progress=progress)
-    if report.failed:
-        raise InputError(f"{report.failed} images could not be ingested: {report.errors[0]}")
-    ids = dict(zip(names, _ids_by_source(engine.store.catalog, paths), strict=True))
-    engine.spec()
-    queries = engine.encoder.embed_composed(
-        [images_dir / r for r in triples.references], triples.texts, progress=progress
-    )
-    k = max(KS)
-    hits = engine.store.search(queries, k + 1, "image", among=list(ids.values()))
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} images of the triples file are not in {images_dir}: {missing[0]}"
+        )
+    with _cirr_gallery(engine, paths, progress) as gallery:
+        ids = dict(zip(names, _ids_by_source(gallery.catalog, paths), strict=True))
+        queries = engine.encoder.embed_composed(
+            [images_dir / r for r in triples.references], triples.texts, progress=progress
+        )
+        k = max(KS)
+        hits = gallery.search(queries, k + 1, "image")
     ranked = [
         [h.id for h in row if h.id != ids[ref]][:k]
         for row, ref in zip(hits, triples.references, strict=True)
@@ -234,6 +238,22 @@ def evaluate_composed(engine, triples: Triples, images_dir: str | Path, progress
     out.recalls["composed->image"] = recall_at_k(ranked, [{ids[t]} for t in triples.targets])
     out.counts = {"composed->image": len(triples.texts)}
     return out
+
+
+def _cirr_gallery(engine, paths: list[str], progress):
+    """The gallery index, with every path in it embedded with the CIRR gallery prompt."""
+    from .prompts import CIRR_GALLERY_PROMPT, CIRR_GALLERY_VERSION
+    from .store import Store
+
+    spec = {**engine.spec(), "prompt_version": CIRR_GALLERY_VERSION}
+    gallery = Store.open(engine.store.path / "cirr-gallery", create=True)
+    known = gallery.catalog.lookup([(p, "") for p in paths])
+    new = [p for p in paths if (p, "") not in known]
+    if new:
+        vectors = engine.encoder.embed_images(new, prompt=CIRR_GALLERY_PROMPT, progress=progress)
+        gallery.add([{"modality": "image", "source": p} for p in new], vectors, spec)
+        gallery.save()
+    return gallery
 
 
 def _ids_by_source(catalog, paths: list[str]) -> list[int]:

@@ -20,6 +20,12 @@ COMPOSED_PROMPT = LLAMA3_TEMPLATE.format(
     '<image>Modify this image with "<sent>", desribe modified image in one word:'
 )
 
+# The gallery prompt of E5-V's CIRR evaluation (retrieval.py: "[INST] <image>\n Describe this image
+# in one word: [/INST]" with the [INST] markers stripped for Llama-3). Only `eval composed` uses it,
+# for a gallery index of its own, so that its numbers compare with the paper's.
+CIRR_GALLERY_PROMPT = LLAMA3_TEMPLATE.format("<image>\n Describe this image in one word:")
+CIRR_GALLERY_VERSION = f"{PROMPT_VERSION}/cirr-gallery"
+
 
 def _escape(text: str) -> str:
     # A literal "<image>" inside a user's text would be read as an image placeholder and make the

@@ -163,3 +163,40 @@ def test_composed_and_index_commands(tmp_path, tiny_dir, dataset):
     result = CliRunner().invoke(cli, ["eval", "index", "--index", str(index), "--sample", "20"])
     assert result.exit_code == 0, result.output
     assert "recall@10 image->image (Flat): 1.000" in result.stdout
+
+
+def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_force(
+    tmp_path, tiny_dir, dataset
+):
+    from e5v_search.engine import Engine
+    from e5v_search.prompts import CIRR_GALLERY_PROMPT
+
+    images = dataset / "images"
+    names = sorted(str(p.relative_to(images)) for p in images.rglob("*.png"))[:16]
+    rows = [{"reference": names[i], "text": f"change number {i}", "target": names[(i * 5 + 3) % 16]}
+            for i in range(16)]  # fmt: skip
+    triples = ev.Triples(*([r[f] for r in rows] for f in ("reference", "text", "target")))
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
+        report = ev.evaluate_composed(engine, triples, images)
+        encoder = engine.encoder
+        gallery_names = sorted(set(triples.references) | set(triples.targets))
+        paths = [images / n for n in gallery_names]
+        gallery = encoder.embed_images(paths, prompt=CIRR_GALLERY_PROMPT)
+        retrieval = encoder.embed_images(paths)
+        queries = encoder.embed_composed([images / r for r in triples.references], triples.texts)
+        assert engine.info()["counts"]["image"] == 0  # the engine's own index is not touched
+        again = ev.evaluate_composed(engine, triples, images)  # the gallery index is reused
+    assert np.abs(np.sum(gallery * retrieval, axis=1)).max() < 0.9999  # another prompt
+    from e5v_search.store import Store
+
+    with Store.open(tmp_path / "ix" / "cirr-gallery") as store:
+        stored = store.catalog.vectors(store.catalog.ids("image"))
+        assert store.catalog.spec()["prompt_version"].endswith("/cirr-gallery")
+    assert np.abs(stored - gallery).max() <= 1e-5  # in name order, embedded with CIRR's prompt
+    scores = queries @ gallery.T
+    for row, reference in enumerate(triples.references):
+        scores[row, gallery_names.index(reference)] = -np.inf  # the reference is excluded
+    ranked = ev.rank(scores, np.arange(len(paths)), 10)
+    expected = ev.recall_at_k(ranked, [{gallery_names.index(t)} for t in triples.targets])
+    assert report.recalls["composed->image"] == pytest.approx(expected)
+    assert again.recalls == report.recalls
