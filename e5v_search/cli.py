@@ -153,6 +153,56 @@ def similarity(texts, images, as_json, **model_args):
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@model_options
+@_errors_to_click
+def check(as_json, **model_args):
+    """Check that this machine and these weights give E5-V's vectors. Run it first.
+
+    The model card's recipe and the engine embed the same texts and images (odd and even sizes,
+    EXIF-rotated JPEGs) with one model in the chosen device and dtype; per item it prints the
+    token counts, the cosine and max |diff| between the two, and whether both are finite, then
+    items/s and peak memory per path. Exit status 1 when any vector is non-finite, token counts
+    differ, or an item is off (max |diff| > 1e-5 in float32, cosine < 0.999 in float16/bfloat16).
+
+    \b
+    Example:
+      e5v-search check --model royokong/e5-v --device cuda --dtype bfloat16
+    """
+    from dataclasses import asdict
+
+    from .memory import gib
+    from .selfcheck import run_check
+
+    options = {k: model_args.pop(k) for k in ("batch_size", "max_batch_tokens")}
+    report = run_check(**model_args, **options)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "rule": report.rule, "ok": not report.failures}))
+    else:
+        click.echo(f"{report.model} on {report.device}, {report.dtype}; pass: {report.rule}")
+        for repair in report.repairs:
+            click.echo(f"  repaired: {repair}")
+        click.echo(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
+                   f"{'max|diff|':>11}  finite")  # fmt: skip
+        for item in report.items:
+            mark = "" if report.item_ok(item) else "  <- FAIL"
+            click.echo(f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
+                       f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
+                       f"{'yes' if item.finite else 'NO'}{mark}")  # fmt: skip
+        memory = "GPU peak" if report.device.startswith("cuda") else "peak RSS growth"
+        for timing in report.timings:
+            click.echo(f"{timing.name}: {timing.items_per_s:.1f} items/s, "
+                       f"{memory} {gib(timing.peak_bytes)}")  # fmt: skip
+    if report.failures:
+        raise click.ClickException(
+            f"{len(report.failures)} of {len(report.items)} items are not E5-V's vectors here "
+            f"(first: {report.failures[0].name}); see the table above"
+        )
+    if not as_json:
+        click.echo(f"ok: all {len(report.items)} items agree with the model card's recipe")
+
+
+@cli.command()
 @click.argument("sources", nargs=-1, required=True)
 @index_option
 @click.option("--text-field", help="Field of .jsonl / column of .csv holding the text [text].")

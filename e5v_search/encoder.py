@@ -95,6 +95,47 @@ def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dic
     }
 
 
+def load_pretrained(model, revision=None, device="auto", dtype=None, full=False):
+    """(model, processor, revision) from a hub id or a local directory: the base LlavaNextModel,
+    or with `full` the whole LlavaNextForConditionalGeneration (lm_head too) the recipe runs."""
+    from transformers import (
+        LlavaNextForConditionalGeneration,
+        LlavaNextModel,
+        LlavaNextProcessor,
+    )
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    model_class = LlavaNextForConditionalGeneration if full else LlavaNextModel
+    try:
+        # The PIL image backend everywhere: a GPU box with torchvision then preprocesses
+        # exactly like a laptop without (and anyres.py makes both E5-V's own pixels).
+        processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
+        # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B.
+        placement = {} if device == "cpu" else {"device_map": device}
+        with _quiet_transformers():
+            net, info = model_class.from_pretrained(
+                model,
+                revision=revision,
+                dtype=torch_dtype,
+                output_loading_info=True,
+                **placement,
+            )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"cannot load an E5-V model from {model!r}: {error}\n"
+            "Give a hub id (royokong/e5-v) or a local directory with config.json, the "
+            "weights and the processor files."
+        ) from error
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ModelLoadError(
+            f"{model!r} lacks {len(missing)} weights of a LLaVA-NeXT model "
+            f"(first: {missing[0]}): is it an E5-V checkpoint?"
+        )
+    return net.eval(), processor, revision or getattr(net.config, "_commit_hash", None)
+
+
 class E5VEncoder:
     """Embeds texts, images and composed image+text queries into E5-V's space.
 
@@ -136,37 +177,7 @@ class E5VEncoder:
         **options,
     ) -> E5VEncoder:
         """Load from a hub id or a local directory; `options` go to the constructor."""
-        from transformers import LlavaNextModel, LlavaNextProcessor
-
-        device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
-        try:
-            # The PIL image backend everywhere: it matches the processor E5-V was trained with,
-            # and a GPU box with torchvision then preprocesses exactly like a laptop without.
-            processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
-            # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B.
-            placement = {} if device == "cpu" else {"device_map": device}
-            with _quiet_transformers():
-                net, info = LlavaNextModel.from_pretrained(
-                    model,
-                    revision=revision,
-                    dtype=torch_dtype,
-                    output_loading_info=True,
-                    **placement,
-                )
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(
-                f"cannot load an E5-V model from {model!r}: {error}\n"
-                "Give a hub id (royokong/e5-v) or a local directory with config.json, the "
-                "weights and the processor files."
-            ) from error
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])
-            raise ModelLoadError(
-                f"{model!r} lacks {len(missing)} weights of a LLaVA-NeXT model "
-                f"(first: {missing[0]}): is it an E5-V checkpoint?"
-            )
-        revision = revision or getattr(net.config, "_commit_hash", None)
+        net, processor, revision = load_pretrained(model, revision, device, dtype)
         return cls(net, processor, model_id=str(model), revision=revision, **options)
 
     @property

@@ -1,0 +1,185 @@
+"""`e5v-search check`: does this machine, with these weights, give E5-V's vectors?
+
+One model object, in the chosen device and dtype, runs both the model card's recipe and the
+engine on the same inputs, and each item's two vectors are compared:
+
+- texts, the model card's two among them, short and long;
+- images of odd and even sizes (odd anyres remainders, where transformers 5.x alone would give
+  other pixels than E5-V's 4.41.2 pipeline), 3 to 5 crops;
+- JPEGs whose EXIF says "rotated": the engine reads the file, the recipe is handed the upright
+  image, so a missed rotation shows as a low cosine.
+
+The recipe runs one item per call (no padding: the reference at its cleanest); the engine runs
+batched, its normal path. The recipe runs on the repaired checkpoint: under transformers 5.x
+royokong/e5-v needs the repairs even for the recipe (its `<image>` id lies past the embedding
+table). A run passes when every vector is finite, token counts agree, and each item's max |diff|
+is <= 1e-5 in float32 or its cosine >= 0.999 in float16 / bfloat16.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import prompts
+
+TEXTS = [
+    "A dog sitting in the grass.",
+    "A cat standing in the snow.",
+    "red",
+    "Two people riding horses next to a river near a large forest under a blue sky, while a "
+    "small dog runs ahead of them through the tall yellow grass towards the water.",
+]
+IMAGE_SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601)]  # (width, height)
+ROTATED_SIZES = [(640, 427), (500, 333)]  # stored sideways with EXIF Orientation 6
+COSINE_MIN = 0.999
+FP32_MAX_DIFF = 1e-5
+
+
+@dataclass
+class ItemCheck:
+    kind: str  # text, image, rotated image
+    name: str
+    tokens: int  # the engine's count
+    recipe_tokens: int
+    cosine: float
+    max_diff: float
+    finite: bool
+
+
+@dataclass
+class PathTiming:
+    name: str
+    items_per_s: float
+    peak_bytes: int
+
+
+@dataclass
+class CheckReport:
+    model: str
+    device: str
+    dtype: str
+    repairs: list[str]
+    items: list[ItemCheck] = field(default_factory=list)
+    timings: list[PathTiming] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return self.dtype == "float32"
+
+    def item_ok(self, item: ItemCheck) -> bool:
+        close = item.max_diff <= FP32_MAX_DIFF if self.exact else item.cosine >= COSINE_MIN
+        return item.finite and close and item.tokens == item.recipe_tokens
+
+    @property
+    def failures(self) -> list[ItemCheck]:
+        return [item for item in self.items if not self.item_ok(item)]
+
+    @property
+    def rule(self) -> str:
+        if self.exact:
+            return f"max |diff| <= {FP32_MAX_DIFF:g} (float32)"
+        return f"cosine >= {COSINE_MIN} ({self.dtype})"
+
+
+def run_check(model, revision=None, device="auto", dtype=None, **encoder_options) -> CheckReport:
+    from .encoder import E5VEncoder, load_pretrained
+    from .images import load_image
+
+    full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
+    encoder = E5VEncoder(full, processor, model_id=str(model), revision=revision,
+                         **encoder_options)  # fmt: skip
+    report = CheckReport(str(model), str(encoder.device), str(encoder.dtype).split(".")[-1],
+                         encoder.repairs)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
+        images = _make_images(Path(folder))
+        upright = [load_image(path) for _, path in images]
+        _recipe(full, processor, TEXTS[:1], [], encoder.device)  # warm-up of both paths
+        encoder.embed_texts(TEXTS[:1])
+        ours, ours_time = _timed(encoder.device, lambda: _engine(encoder, images))
+        theirs, theirs_time = _timed(
+            encoder.device, lambda: _recipe(full, processor, TEXTS, upright, encoder.device)
+        )
+        tokens = _engine_tokens(encoder, images)
+        recipe_tokens = [_recipe_tokens(processor, prompts.text_prompt(t)) for t in TEXTS] + [
+            _recipe_tokens(processor, prompts.IMAGE_PROMPT, image) for image in upright
+        ]
+    names = [("text", t if len(t) <= 30 else t[:27] + "...") for t in TEXTS] + [
+        (kind, name) for (kind, name), _ in images
+    ]
+    for i, (kind, name) in enumerate(names):
+        a, b = ours[i], theirs[i]
+        finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
+        report.items.append(ItemCheck(kind, name, tokens[i], recipe_tokens[i],
+                                      float(a @ b) if finite else float("nan"),
+                                      float(np.abs(a - b).max()) if finite else float("nan"),
+                                      finite))  # fmt: skip
+    n = len(names)
+    report.timings = [
+        PathTiming("engine (batched)", n / ours_time[0], ours_time[1]),
+        PathTiming("recipe (one per call)", n / theirs_time[0], theirs_time[1]),
+    ]
+    return report
+
+
+def _make_images(folder: Path) -> list[tuple[tuple[str, str], Path]]:
+    from PIL import Image
+
+    from .testing import pattern_image
+
+    out = []
+    for width, height in IMAGE_SIZES:
+        path = folder / f"{width}x{height}.png"
+        pattern_image(width, height).save(path)
+        out.append((("image", path.name), path))
+    for width, height in ROTATED_SIZES:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown turned 90 degrees clockwise
+        path = folder / f"{width}x{height}-exif6.jpg"
+        pattern_image(height, width).save(path, exif=exif, quality=95)
+        out.append((("rotated image", path.name), path))
+    return out
+
+
+def _engine(encoder, images) -> np.ndarray:
+    return np.concatenate(
+        [encoder.embed_texts(TEXTS), encoder.embed_images([path for _, path in images])]
+    )
+
+
+def _recipe(model, processor, texts, images, device) -> np.ndarray:
+    from .reference import recipe_embed_images, recipe_embed_texts
+
+    rows = [recipe_embed_texts(model, processor, [t], device) for t in texts]
+    rows += [recipe_embed_images(model, processor, [image], device) for image in images]
+    return np.concatenate([row.float().cpu().numpy() for row in rows])
+
+
+def _engine_tokens(encoder, images) -> list[int]:
+    texts = [len(encoder.tokenizer(prompts.text_prompt(t)).input_ids) for t in TEXTS]
+    sizes = [encoder.preprocessor.prepare_image(path).size for _, path in images]
+    counts = encoder.count_image_tokens(sizes)
+    return texts + [encoder.preprocessor.image_prompt_tokens + n for n in counts]
+
+
+def _recipe_tokens(processor, prompt, image=None) -> int:
+    images = [image] if image is not None else None
+    return int(processor(text=[prompt], images=images, return_tensors="pt").input_ids.shape[1])
+
+
+def _timed(device, work):
+    import torch
+
+    from .memory import PeakMemory
+
+    with PeakMemory(str(device)) as memory:
+        start = time.perf_counter()
+        result = work()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return result, (seconds, memory.bytes)
