@@ -171,7 +171,6 @@ def check(as_json, **model_args):
     """
     from dataclasses import asdict
 
-    from .memory import gib
     from .selfcheck import run_check
 
     options = {k: model_args.pop(k) for k in ("batch_size", "max_batch_tokens")}
@@ -179,20 +178,7 @@ def check(as_json, **model_args):
     if as_json:
         click.echo(json.dumps({**asdict(report), "rule": report.rule, "ok": not report.failures}))
     else:
-        click.echo(f"{report.model} on {report.device}, {report.dtype}; pass: {report.rule}")
-        for repair in report.repairs:
-            click.echo(f"  repaired: {repair}")
-        click.echo(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
-                   f"{'max|diff|':>11}  finite")  # fmt: skip
-        for item in report.items:
-            mark = "" if report.item_ok(item) else "  <- FAIL"
-            click.echo(f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
-                       f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
-                       f"{'yes' if item.finite else 'NO'}{mark}")  # fmt: skip
-        memory = "GPU peak" if report.device.startswith("cuda") else "peak RSS growth"
-        for timing in report.timings:
-            click.echo(f"{timing.name}: {timing.items_per_s:.1f} items/s, "
-                       f"{memory} {gib(timing.peak_bytes)}")  # fmt: skip
+        click.echo("\n".join(report.lines()))
     if report.failures:
         raise click.ClickException(
             f"{len(report.failures)} of {len(report.items)} items are not E5-V's vectors here "

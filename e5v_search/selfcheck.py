@@ -79,6 +79,24 @@ class CheckReport:
     def failures(self) -> list[ItemCheck]:
         return [item for item in self.items if not self.item_ok(item)]
 
+    def lines(self) -> list[str]:
+        """The report as the `check` command prints it."""
+        from .memory import gib
+
+        out = [f"{self.model} on {self.device}, {self.dtype}; pass: {self.rule}"]
+        out += [f"  repaired: {repair}" for repair in self.repairs]
+        out.append(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
+                   f"{'max|diff|':>11}  finite")  # fmt: skip
+        for item in self.items:
+            mark = "" if self.item_ok(item) else "  <- FAIL"
+            out.append(f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
+                       f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
+                       f"{'yes' if item.finite else 'NO'}{mark}")  # fmt: skip
+        memory = "GPU peak" if self.device.startswith("cuda") else "peak RSS growth"
+        out += [f"{t.name}: {t.items_per_s:.1f} items/s, {memory} {gib(t.peak_bytes)}"
+                for t in self.timings]  # fmt: skip
+        return out
+
     @property
     def rule(self) -> str:
         if self.exact:
@@ -88,12 +106,19 @@ class CheckReport:
 
 def run_check(model, revision=None, device="auto", dtype=None, **encoder_options) -> CheckReport:
     from .encoder import E5VEncoder, load_pretrained
-    from .images import load_image
 
     full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
     encoder = E5VEncoder(full, processor, model_id=str(model), revision=revision,
                          **encoder_options)  # fmt: skip
-    report = CheckReport(str(model), str(encoder.device), str(encoder.dtype).split(".")[-1],
+    return check_encoder(encoder, full, processor)
+
+
+def check_encoder(encoder, full, processor) -> CheckReport:
+    """The check on objects already built: `encoder` wraps `full` (the whole
+    LlavaNextForConditionalGeneration) and `processor`, which the recipe runs on."""
+    from .images import load_image
+
+    report = CheckReport(encoder.model_id, str(encoder.device), str(encoder.dtype).split(".")[-1],
                          encoder.repairs)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
         images = _make_images(Path(folder))
@@ -156,7 +181,9 @@ def _recipe(model, processor, texts, images, device) -> np.ndarray:
 
     rows = [recipe_embed_texts(model, processor, [t], device) for t in texts]
     rows += [recipe_embed_images(model, processor, [image], device) for image in images]
-    return np.concatenate([row.float().cpu().numpy() for row in rows])
+    out = np.concatenate([row.float().cpu().numpy() for row in rows])
+    # The recipe normalises in the model's dtype; in float the cosine is a cosine.
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def _engine_tokens(encoder, images) -> list[int]:

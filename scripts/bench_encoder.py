@@ -7,7 +7,9 @@
                                                      # bf16 and fp16, several batch sizes
 
 Reports items/s for texts and images, peak memory, max |diff| between the two paths' vectors,
-and the ratios; `--record` writes the table into docs/benchmarks.md with the machine.
+and the ratios; `--record` writes the table into docs/benchmarks.md with the machine. Full size:
+each row is printed (and appended to `--out FILE`) as soon as it is measured, and any CUDA
+allocation failure ends that path's batch sizes with a row saying so.
 """
 
 from __future__ import annotations
@@ -22,11 +24,24 @@ from benchlib import PeakMemory, gib, machine, record
 from PIL import Image, ImageDraw
 
 from e5v_search.encoder import E5VEncoder
+from e5v_search.memory import is_allocation_failure
 from e5v_search.reference import recipe_embed_images, recipe_embed_texts
 from e5v_search.testing import cached_tiny_checkpoint
 
 WORDS = "a dog cat man woman runs sits on the grass snow beach near red blue car tree".split()
 IMAGE_SIZES = [(640, 480), (480, 640), (336, 336), (1024, 768), (800, 600), (300, 1000)]
+
+
+OUT_FILE = None  # --out: full-size rows are appended here as they are measured
+
+
+def emit(line: str) -> str:
+    """Print a full-size row at once (a long GPU run shows its progress), and keep it."""
+    print(line, flush=True)
+    if OUT_FILE:
+        with open(OUT_FILE, "a") as f:
+            f.write(line + "\n")
+    return line
 
 
 def _command() -> str:
@@ -202,6 +217,8 @@ def compare_full_size(args) -> str:
         "max abs diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    for line in lines:
+        emit(line)
     for dtype_name in args.dtypes:
         torch.manual_seed(0)
         model = full_size_model(
@@ -241,18 +258,24 @@ def _full_size_rows(args, model, processor, encoder, kind, dtype_name) -> list[s
                 continue
             try:
                 seconds, memory, vectors[name] = timed(device, run, items)
-            except torch.cuda.OutOfMemoryError:
+            except Exception as error:  # noqa: BLE001 - cuBLAS/cuDNN report allocation failures
+                if not is_allocation_failure(error):  # as RuntimeErrors, not OutOfMemoryError
+                    raise
                 out_of_memory.add(name)
                 torch.cuda.empty_cache()
-                rows.append(f"| {dtype_name} | {kind} | {name} | {len(items)} | out of memory ||||")
+                rows.append(
+                    emit(f"| {dtype_name} | {kind} | {name} | {len(items)} | out of memory ||||")
+                )
                 continue
             share = len(items) / seconds * flops / (args.peak_tflops * 1e12)
             diff = ""
             if name == "encoder" and "recipe" in vectors:
                 diff = f"{np.abs(vectors['recipe'] - vectors['encoder']).max():.1e}"
             rows.append(
-                f"| {dtype_name} | {kind} | {name} | {len(items)} | {len(items) / seconds:.1f} | "
-                f"{share:.0%} | {gib(memory)} | {diff} |"
+                emit(
+                    f"| {dtype_name} | {kind} | {name} | {len(items)} | "
+                    f"{len(items) / seconds:.1f} | {share:.0%} | {gib(memory)} | {diff} |"
+                )
             )
             torch.cuda.empty_cache()
         if out_of_memory == set(paths):
@@ -272,7 +295,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="H100 dense bf16 measured")
     parser.add_argument("--record", action="store_true", help="write into docs/benchmarks.md")
+    parser.add_argument("--out", help="full size: append each row to this file as it is measured")
     args = parser.parse_args()
+    global OUT_FILE
+    OUT_FILE = args.out
     if args.full_size:
         table, section = compare_full_size(args), f"encoder-full-size-{args.device}"
     else:
