@@ -381,19 +381,27 @@ class E5VEncoder:
 
     def _forward(self, inputs: dict) -> np.ndarray:
         import torch
+
+        with torch.inference_mode():
+            return self.pool(inputs).float().cpu().numpy()
+
+    def pool(self, inputs: dict):
+        """Unit vectors (a torch tensor on the model's device) for model inputs made by this
+        encoder: each row's last real token of the final layer, L2-normalised. `_forward` runs
+        it without gradients; training the tiny demo model runs it with them."""
+        import torch
         import torch.nn.functional as F
 
         mask = inputs["attention_mask"]
-        last = mask.sum(dim=1) - 1  # each row's last real token
-        if not bool(mask[:, 0].all()) or bool((mask.cumsum(dim=1)[:, -1] != last + 1).any()):
+        lengths = mask.sum(dim=1)
+        if not torch.equal(mask.bool(), torch.arange(mask.shape[1]) < lengths[:, None]):
             raise RuntimeError("inputs are not padded on the right: pooled vectors would be wrong")
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            hidden = self.model(**inputs, use_cache=False).last_hidden_state
-            pooled = hidden[torch.arange(len(last), device=hidden.device), last.to(hidden.device)]
-            return F.normalize(pooled.float(), dim=-1).cpu().numpy()
+        hidden = self.model(**inputs, use_cache=False).last_hidden_state
+        rows = torch.arange(len(lengths), device=hidden.device)
+        return F.normalize(hidden[rows, lengths.to(hidden.device) - 1].float(), dim=-1)
 
 
 @contextmanager

@@ -87,6 +87,7 @@ def build_tiny_checkpoint(
     real_vocab: bool = False,
     hidden_size: int = 64,
     seed: int = 0,
+    initializer_range: float = 0.3,
 ) -> Path:
     """Write a tiny E5-V-shaped checkpoint to `path` and return it. Same arguments, same bytes."""
     import torch
@@ -130,8 +131,9 @@ def build_tiny_checkpoint(
         eos_token_id=tok.token_to_id("<|eot_id|>"),
         tie_word_embeddings=False,
         # A wide init makes every token's context move the pooled vector, so tests can tell
-        # inputs apart (at 0.02 all embeddings of a 2-layer model are nearly the same).
-        initializer_range=0.3,
+        # inputs apart (at 0.02 all embeddings of a 2-layer model are nearly the same); the
+        # trained model (training.py) starts from the usual 0.02.
+        initializer_range=initializer_range,
     )
     vision_config = CLIPVisionConfig(
         hidden_size=32,
@@ -284,13 +286,13 @@ def make_sample_corpus(folder: str | Path) -> dict[str, Path]:
     nested folders, and a captions.jsonl describing each, with metadata."""
     folder = Path(folder)
     captions = []
-    for color, rgb in COLORS.items():
+    for color in COLORS:
         for shape in SHAPES:
-            for background, bg in BACKGROUNDS.items():
+            for background in BACKGROUNDS:
                 name = f"{color}-{shape}-{background}.png"
                 path = folder / "images" / background / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _draw(shape, rgb, bg).save(path)
+                draw_shape(color, shape, background).save(path)
                 captions.append({"text": f"A {color} {shape} on a {background} background.",
                                  "image": f"images/{background}/{name}", "color": color,
                                  "shape": shape})  # fmt: skip
@@ -299,17 +301,27 @@ def make_sample_corpus(folder: str | Path) -> dict[str, Path]:
     return {"images": folder / "images", "captions": folder / "captions.jsonl"}
 
 
-def _draw(shape: str, color, background) -> Image.Image:
-    image = Image.new("RGB", (160, 120), background)
+def draw_shape(color: str, shape: str, background: str, rng=None) -> Image.Image:
+    """A `color` `shape` on a `background` (names from COLORS, SHAPES, BACKGROUNDS), 160x120.
+    With `rng` (a random.Random) the shape moves and changes size, for training."""
+    image = Image.new("RGB", (160, 120), BACKGROUNDS[background])
     draw = ImageDraw.Draw(image)
+    scale = rng.uniform(0.75, 1.1) if rng else 1.0
+    dx, dy = (rng.randint(-16, 16), rng.randint(-8, 8)) if rng else (0, 0)
+
+    def at(x, y):  # around the centre (80, 60)
+        return (80 + dx + (x - 80) * scale, 60 + dy + (y - 60) * scale)
+
+    fill = COLORS[color]
     if shape == "circle":
-        draw.ellipse([40, 20, 120, 100], fill=color)
+        draw.ellipse([*at(40, 20), *at(120, 100)], fill=fill)
     elif shape == "square":
-        draw.rectangle([40, 20, 120, 100], fill=color)
+        draw.rectangle([*at(40, 20), *at(120, 100)], fill=fill)
     elif shape == "triangle":
-        draw.polygon([(80, 15), (130, 105), (30, 105)], fill=color)
-    else:
-        draw.rectangle([0, 45, 160, 75], fill=color)
+        draw.polygon([at(80, 15), at(130, 105), at(30, 105)], fill=fill)
+    else:  # a stripe spans the width; only its height and place change
+        top, bottom = at(0, 45)[1], at(0, 75)[1]
+        draw.rectangle([0, top, 160, bottom], fill=fill)
     return image
 
 

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory, tiny_dir):
+def server_url(tmp_path_factory, trained_dir):
     import uvicorn
 
-    engine, corpus = sample_engine(tmp_path_factory.mktemp("browser"), tiny_dir)
+    engine, corpus = sample_engine(tmp_path_factory.mktemp("browser"), trained_dir)
     app = create_app(engine)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -67,6 +67,8 @@ def test_typing_a_query_shows_thumbnails_and_a_click_finds_more_like_it(page, se
     )
     assert page.locator(".card.image").count() == 24
     assert "results for" in page.inner_text("#status")
+    # The trained model: the caption's own picture comes first.
+    assert page.locator(".card.image img >> nth=0").get_attribute("alt") == "red-circle-grey.png"
     page.screenshot(path=str(tmp_path / "page.png"))
 
     page.check('input[name="type"][value="text"]')

@@ -1,0 +1,68 @@
+"""Take the README's picture of the search page: the trained tiny model over the sample corpus,
+served on localhost, queried in headless Chromium (Debian's, driven by Playwright).
+
+    python scripts/screenshot.py [--out docs/search-page.png] [--query "..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from e5v_search.engine import Engine
+from e5v_search.server import create_app
+from e5v_search.testing import make_sample_corpus
+from e5v_search.training import cached_trained_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "search-page.png")
+    parser.add_argument("--query", default="A red circle on a grey background.")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = make_sample_corpus(Path(folder) / "corpus")
+        engine = Engine.open(Path(folder) / "ix", model=str(cached_trained_checkpoint()),
+                             device="cpu", create=True)  # fmt: skip
+        engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+        app = create_app(engine)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning"))  # fmt: skip
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=args.chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page.goto(f"http://127.0.0.1:{port}")
+            page.fill("#q", args.query)
+            page.press("#q", "Enter")
+            page.wait_for_function(
+                "[...document.querySelectorAll('.card.image img')].slice(0, 12)"
+                ".every(img => img.complete && img.naturalWidth > 0)"
+            )
+            page.screenshot(path=str(args.out))
+            browser.close()
+        server.should_exit = True
+        app.state.worker.close()
+        engine.close()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
