@@ -77,10 +77,35 @@ def _index_path(value: str) -> Path:
     return path
 
 
+def lock_option(command):
+    """How long a writing command waits for another process's write to the same index."""
+
+    def remember(ctx, param, value):
+        ctx.meta["lock_timeout"] = value
+
+    return click.option(
+        "--lock-timeout",
+        envvar="E5V_LOCK_TIMEOUT",
+        type=click.FloatRange(min=0),
+        default=600,
+        show_default=True,
+        expose_value=False,
+        callback=remember,
+        help="Seconds to wait while another process writes this index [env: E5V_LOCK_TIMEOUT].",
+    )(command)
+
+
 def _open_engine(index, create=False, **model_args):
     from .engine import Engine
 
-    return Engine.open(_index_path(index), create=create, **model_args)
+    meta = click.get_current_context().meta
+    return Engine.open(
+        _index_path(index),
+        create=create,
+        lock_timeout=meta.get("lock_timeout"),
+        on_wait=lambda message: click.echo(f"{message} ...", err=True),
+        **model_args,
+    )
 
 
 def _load_encoder(model, revision, device, dtype, batch_size, max_batch_tokens):
@@ -191,6 +216,7 @@ def check(as_json, **model_args):
 @cli.command()
 @click.argument("sources", nargs=-1, required=True)
 @index_option
+@lock_option
 @click.option("--text-field", help="Field of .jsonl / column of .csv holding the text [text].")
 @click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
 @click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
@@ -333,6 +359,7 @@ def info(index, as_json):
 
 @cli.command()
 @index_option
+@lock_option
 @click.option("--type", "factory", help="FAISS factory string (Flat, HNSW32, IVF4096,PQ64...).")
 @click.option("--nprobe", type=int, help="IVF lists searched per query.")
 @click.option("--ef-search", type=int, help="HNSW search depth.")
@@ -365,6 +392,7 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
 
 @cli.command()
 @index_option
+@lock_option
 @click.option("--id", "ids", type=int, multiple=True, help="Item id (repeatable).")
 @click.option("--source-prefix", help="Delete items whose source path starts with this.")
 @click.option("--where", help="SQL condition on items.")

@@ -79,12 +79,17 @@ class Engine:
         batch_size: int | None = None,
         max_batch_tokens: int | None = None,
         encoder=None,
+        lock_timeout: float | None = None,
+        on_wait=None,
     ) -> Engine:
-        """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one."""
+        """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one.
+        A write waits up to `lock_timeout` seconds for another process's write to finish,
+        calling `on_wait` once with a message naming it."""
         options = {"revision": revision, "device": device, "dtype": dtype, "batch_size": batch_size}
         if max_batch_tokens:
             options["max_batch_tokens"] = max_batch_tokens
-        engine = cls(Store.open(path, create=create), model, options)
+        store = Store.open(path, create=create, lock_timeout=lock_timeout, on_wait=on_wait)
+        engine = cls(store, model, options)
         engine._encoder = encoder
         return engine
 
@@ -146,7 +151,10 @@ class Engine:
             from .distributed import RayBackend
 
             backend = RayBackend(run, ray)
-        run.run(sources, text_field=text_field, id_field=id_field, prune=prune, backend=backend)
+        # One writer at a time: a second ingest waits, then plans against what this one stored.
+        with self.store.writing("ingest"):
+            run.run(sources, text_field=text_field, id_field=id_field, prune=prune,
+                    backend=backend)  # fmt: skip
         report.seconds = time.perf_counter() - started
         return report
 
@@ -238,15 +246,19 @@ class Engine:
         """Delete by ids, by source path prefix, or by filter (SQL or a metadata dict)."""
         if not ids and source_prefix is None and where is None:
             raise InputError("say what to delete: ids, a source prefix or a filter")
-        removed = self.store.delete(ids) if ids else 0
-        if source_prefix is not None:
-            removed += self.store.delete_source_prefix(source_prefix)
-        if where is not None:
-            if isinstance(where, dict):
-                where, params = metadata_filter(where)
-            removed += self.store.delete_where(where, params)
-        self.store.save()
+        with self.store.writing("delete"):
+            removed = self.store.delete(ids) if ids else 0
+            if source_prefix is not None:
+                removed += self.store.delete_source_prefix(source_prefix)
+            if where is not None:
+                if isinstance(where, dict):
+                    where, params = metadata_filter(where)
+                removed += self.store.delete_where(where, params)
         return removed
+
+    def refresh(self) -> bool:
+        """Follow what other processes committed (see Store.refresh); True if anything did."""
+        return self.store.refresh()
 
     def errors(self) -> list[dict]:
         return self.store.catalog.errors()

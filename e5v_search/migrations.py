@@ -125,3 +125,19 @@ class transaction:
     def __exit__(self, exc_type, *exc):
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def pending_migrations(path) -> list[str]:
+    """The migrations a catalog file still needs (all of them for a new file), read without
+    writing anything: opening a catalog that needs none takes no writer lock."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        done = set()
+    return [m.__name__ for m in MIGRATIONS if m.__name__ not in done]

@@ -70,6 +70,7 @@ def create_app(
 
     def run_search(vector, vector_of, k, modality, meta, started) -> SearchOut:
         with store_lock:
+            engine.refresh()  # what a CLI ingest, delete or rebuild committed meanwhile
             results = engine.search(
                 vector=vector, vector_of=vector_of, k=k, modality=modality, where=meta or None
             )
@@ -89,6 +90,7 @@ def create_app(
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
             with store_lock:
+                engine.refresh()
                 if not engine.store.catalog.get([like]):
                     raise HTTPException(404, f"no item with id {like}")
                 results = engine.search(like=like, k=k, modality=type, where=filters or None)
@@ -126,6 +128,7 @@ def create_app(
     @app.get("/api/info", summary="Counts, model spec, index types and sizes")
     def info():
         with store_lock:
+            engine.refresh()
             return engine.info()
 
     @app.get("/api/health", summary="Liveness and what is loaded")

@@ -11,6 +11,13 @@ images returned, even when images are 1% of the corpus) with no filtering inside
 files are replaced atomically and the manifest is written last; on open, changes the files missed
 (a crash between the catalog commit and the save, a deleted file) are applied or the file is
 rebuilt from the stored vectors, and each repair is reported in `Store.repairs`.
+
+Many processes may use one directory (a server, a cron ingest, a rebuild). Writes happen inside
+`writing()`, which holds the directory's writer lock (locking.py), first brings the in-memory
+indexes up to everything committed (another writer's work, a crashed writer's unsaved changes)
+and saves on success. Opening never writes: a reader repairs in memory only, and `refresh()`
+follows what writers commit (the server calls it between requests). Every public write method
+takes the lock itself when the caller has not.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +40,8 @@ from . import index as fx
 from . import ondisk
 from .catalog import MODALITIES, Catalog, now
 from .errors import E5VSearchError, InputError
+from .locking import WriterLock
+from .migrations import pending_migrations
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +75,33 @@ class Store:
         self._gpu: dict[str, object] = {}
         self._dirty: set[str] = set()
         self.repairs: list[str] = []
+        self.covered = 0  # the catalog change counter the in-memory indexes reflect
+        self.lock_timeout: float | None = None
+        self.on_wait = None  # told once when another writer holds the lock
+        self._writing = 0  # depth of nested writing() blocks
+        self._state = threading.RLock()  # searches vs a refresh, in a threaded server
 
     @classmethod
-    def open(cls, path: str | Path, create: bool = False) -> Store:
+    def open(cls, path: str | Path, create: bool = False, lock_timeout=None, on_wait=None):
+        """Open an index directory for reading (nothing is written; see `writing()`), or with
+        `create` make it. Creating it or migrating its catalog takes the writer lock."""
         path = Path(path)
-        if not (path / CATALOG).exists():
-            if not create:
-                raise IndexNotFoundError(
-                    f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
-                    f"{path}` (or Store.open(path, create=True))"
-                )
-            path.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(path / CATALOG)
-        manifest = _read_manifest(path / MANIFEST)
-        store = cls(path, catalog, manifest)
-        store._load_and_repair()
+        exists = (path / CATALOG).exists()
+        if not exists and not create:
+            raise IndexNotFoundError(
+                f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
+                f"{path}` (or Store.open(path, create=True))"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        if exists and not pending_migrations(path / CATALOG):
+            catalog = Catalog(path / CATALOG)
+        else:
+            with WriterLock(path, "creation" if not exists else "migration", lock_timeout,
+                            on_wait):  # fmt: skip
+                catalog = Catalog(path / CATALOG)
+        store = cls(path, catalog, _read_manifest(path / MANIFEST))
+        store.lock_timeout, store.on_wait = lock_timeout, on_wait
+        store._load()
         return store
 
     def close(self) -> None:
@@ -93,9 +117,63 @@ class Store:
     def factory(self) -> str:
         return self.manifest.get("factory", DEFAULT_FACTORY)
 
+    @property
+    def generation(self) -> str | None:
+        """Changes with every save of any process: what a reader compares to see new files."""
+        return self.manifest.get("save_id")
+
+    # -- many processes: the writer lock, refresh -----------------------------------------------
+
+    @contextmanager
+    def writing(self, purpose: str = "write"):
+        """Hold the writer lock for the block (nested blocks share it). On entry the indexes
+        catch up with every committed change; on success the changed files are saved. On an
+        error nothing is saved: the next writer catches up from the catalog."""
+        if self._writing:
+            self._writing += 1
+            try:
+                yield self
+            finally:
+                self._writing -= 1
+            return
+        with WriterLock(self.path, purpose, self.lock_timeout, self.on_wait):
+            self._writing = 1
+            try:
+                self.refresh()
+                yield self
+                self._save()
+            finally:
+                self._writing = 0
+
+    def refresh(self) -> bool:
+        """Bring the in-memory indexes up to what is committed now: files another process saved
+        are loaded, changes committed since are applied (in memory). True when anything
+        changed. Cheap when nothing did: one small file read and one query."""
+        with self._state:
+            manifest = _read_manifest(self.path / MANIFEST)
+            if manifest.get("save_id") != self.manifest.get("save_id"):
+                self.manifest, self.indexes, self._gpu = manifest, {}, {}
+                self._dirty.clear()
+                self._load()
+                return True
+            seq = self.catalog.seq
+            if seq == self.covered:
+                return False
+            for modality in MODALITIES:
+                if modality in self.indexes:
+                    self._catch_up(modality, self.covered, repair=False)
+                elif self.catalog.count(modality):
+                    self._rebuild(modality, self._factory_of(modality))
+            self.covered = seq
+            return True
+
     # -- keeping the files in step with the catalog ------------------------------------------
 
-    def _load_and_repair(self) -> None:
+    def _load(self) -> None:
+        """Load the index files the manifest names and catch up, in memory, with the catalog;
+        a file that is missing, unreadable or miscounted is rebuilt from the stored vectors.
+        Each repair is listed in `repairs` and is written by the next writer's save."""
+        seq = self.catalog.seq
         covered = self.manifest.get("covered_seq")
         for modality in MODALITIES:
             entry = self.manifest.get("indexes", {}).get(modality)
@@ -120,18 +198,18 @@ class Store:
                 self._rebuild(
                     modality, self._factory_of(modality), "manifest has no change counter"
                 )
-            elif covered < self.catalog.seq:
+            elif covered < seq:
                 self._catch_up(modality, covered)
             held = self.indexes[modality].ntotal
+            stored = self.catalog.count(modality)
             if held != stored:
                 why = f"{file.name} holds {held} vectors, the catalog {stored}"
                 self._rebuild(modality, self._factory_of(modality), why)
-        if self._dirty or self.manifest.get("covered_seq") != self.catalog.seq:
-            self.save()
+        self.covered = seq
         for line in self.repairs:
             log.warning("%s: %s", self.path, line)
 
-    def _catch_up(self, modality: str, covered: int) -> None:
+    def _catch_up(self, modality: str, covered: int, repair: bool = True) -> None:
         index = self.indexes[modality]
         gone = self.catalog.deleted_since(covered)[modality]
         changed = [chunk for chunk in self.catalog.iter_vectors(modality, since_seq=covered)]
@@ -144,11 +222,12 @@ class Store:
             return
         for ids, vectors in changed:
             fx.add(index, ids, vectors)
-        self._dirty.add(modality)
-        self.repairs.append(
-            f"{modality}.faiss missed changes (a crash before the index was saved?): "
-            f"added {len(changed_ids)}, removed {len(gone)}"
-        )
+        self._changed(modality)
+        if repair:
+            self.repairs.append(
+                f"{modality}.faiss missed changes (a crash before the index was saved?): "
+                f"added {len(changed_ids)}, removed {len(gone)}"
+            )
 
     def _rebuild(
         self, modality: str, factory: str, reason: str | None = None, on_disk: bool = False
@@ -201,7 +280,15 @@ class Store:
         }
 
     def save(self) -> None:
-        """Write the changed index files atomically, then the manifest that vouches for them."""
+        """Write the changed index files atomically, then the manifest that vouches for them
+        (under the writer lock; a save outside `writing()` takes it)."""
+        if self._writing:
+            self._save()
+            return
+        with self.writing("save"):
+            pass  # saved on leaving the block
+
+    def _save(self) -> None:
         entries = self.manifest.setdefault("indexes", {})
         for modality in sorted(self._dirty):
             entry = entries.setdefault(modality, {"factory": self.factory})
@@ -214,10 +301,9 @@ class Store:
             entry = entries.setdefault(modality, {"factory": self.factory})
             entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
-        seq = self.catalog.seq
-        self.manifest.update(
-            format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq, saved_at=now()
-        )
+        seq = self.covered
+        self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
+                             saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
         _write_json_atomic(self.path / MANIFEST, self.manifest)
         self.catalog.prune_deleted(seq)
         self._dirty.clear()
@@ -241,34 +327,40 @@ class Store:
 
     def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
         """Commit items and vectors to the catalog, then add them to the in-memory indexes.
-        Call save() to write the index files (a crash before that is repaired on open)."""
-        ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
-        modalities = np.array([item["modality"] for item in items])
-        for modality in MODALITIES:
-            mask = modalities == modality
-            if mask.any():
-                self._index_for(modality)
-                fx.add(self.indexes[modality], ids[mask], np.asarray(vectors)[mask])
-                self._changed(modality)
-        return ids.tolist()
+        Saved when the outermost `writing()` block ends (here, when the caller holds none)."""
+        with self.writing("add"):
+            ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
+            modalities = np.array([item["modality"] for item in items])
+            for modality in MODALITIES:
+                mask = modalities == modality
+                if mask.any():
+                    self._index_for(modality)
+                    fx.add(self.indexes[modality], ids[mask], np.asarray(vectors)[mask])
+                    self._changed(modality)
+            self.covered = self.catalog.seq
+            return ids.tolist()
 
     def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: dict) -> None:
-        self.catalog.update(ids, items, vectors, spec)
-        self._reindex(np.array(ids, dtype=np.int64), vectors=np.asarray(vectors))
+        with self.writing("update"):
+            self.catalog.update(ids, items, vectors, spec)
+            self._reindex(np.array(ids, dtype=np.int64), vectors=np.asarray(vectors))
+            self.covered = self.catalog.seq
 
     def delete(self, ids) -> int:
-        ids = np.array([int(i) for i in ids], dtype=np.int64)
-        known = self.catalog.get(ids)
-        removed = self.catalog.delete(ids)
-        by_modality = {
-            m: np.array([r["id"] for r in known if r["modality"] == m]) for m in MODALITIES
-        }
-        for modality, gone in by_modality.items():
-            if len(gone) and modality in self.indexes:
-                if not fx.remove(self.indexes[modality], gone.astype(np.int64)):
-                    self._rebuild(modality, self._factory_of(modality))
-                self._changed(modality)
-        return removed
+        with self.writing("delete"):
+            ids = np.array([int(i) for i in ids], dtype=np.int64)
+            known = self.catalog.get(ids)
+            removed = self.catalog.delete(ids)
+            by_modality = {
+                m: np.array([r["id"] for r in known if r["modality"] == m]) for m in MODALITIES
+            }
+            for modality, gone in by_modality.items():
+                if len(gone) and modality in self.indexes:
+                    if not fx.remove(self.indexes[modality], gone.astype(np.int64)):
+                        self._rebuild(modality, self._factory_of(modality))
+                    self._changed(modality)
+            self.covered = self.catalog.seq
+            return removed
 
     def delete_where(self, where: str, params=()) -> int:
         return self.delete(self.catalog.ids(where=where, params=params))
@@ -332,7 +424,8 @@ class Store:
         for mod in [modality] if modality else list(MODALITIES):
             if mod not in self.indexes:
                 continue
-            scores, ids = self._search_one(mod, queries, k, where, params, among)
+            with self._state:
+                scores, ids = self._search_one(mod, queries, k, where, params, among)
             for row, (s, i) in enumerate(zip(scores, ids, strict=True)):
                 hits[row] += [
                     Hit(int(a), float(b), mod) for a, b in zip(i, s, strict=True) if a >= 0
@@ -392,6 +485,11 @@ class Store:
     def rebuild(
         self, factory=None, nprobe=None, ef_search=None, max_memory=None, rerank=None
     ) -> list[dict]:
+        """Under the writer lock: see `_rebuild_all`."""
+        with self.writing("rebuild"):
+            return self._rebuild_all(factory, nprobe, ef_search, max_memory, rerank)
+
+    def _rebuild_all(self, factory, nprobe, ef_search, max_memory, rerank) -> list[dict]:
         """Rebuild every modality's index from the stored vectors and save. `factory`: a FAISS
         type (default: the current one); or `max_memory` (bytes): the type is chosen per
         modality to fit its share of the budget (ondisk.choose), IVF lists merged on disk.
@@ -439,11 +537,11 @@ class Store:
 
     def set_search(self, modality: str, rerank=None, nprobe=None, ef_search=None) -> None:
         """Change how a modality's index is searched, without rebuilding it; saved."""
-        index = self.indexes[modality]
-        fx.set_search_defaults(index, nprobe, ef_search)
-        self.manifest["indexes"][modality]["rerank"] = rerank
-        self._changed(modality)
-        self.save()
+        with self.writing("set-search"):
+            index = self.indexes[modality]
+            fx.set_search_defaults(index, nprobe, ef_search)
+            self.manifest["indexes"][modality]["rerank"] = rerank
+            self._changed(modality)
 
     def recall(self, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, float]:
         """recall@k of each modality's index against exact search, with a sample of stored
@@ -472,6 +570,8 @@ class Store:
         files = {m: ondisk.files_of(self.path, entries.get(m, {})) for m in self.indexes}
         return {
             "path": str(self.path),
+            "generation": self.generation,  # of the files in use (changes at every save)
+            "covered_seq": self.covered,  # the catalog changes they reflect, in memory
             "spec": self.catalog.spec(),
             "counts": {m: self.catalog.count(m) for m in MODALITIES},
             "factory": self.factory,

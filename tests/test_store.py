@@ -121,20 +121,26 @@ def test_a_crash_between_commit_and_index_save_is_repaired_on_open(tmp_path):
     path = tmp_path / "ix"
     store, ids, vectors, _ = _fill(path)
     new = clustered_vectors(5, DIM, seed=42)
-    new_ids = store.add(_items(5, "image", start=5000), new, SPEC)  # committed, never saved
-    store.delete(ids[:3])
-    store.update([int(ids[10])], _items(1, "image", start=10), new[:1] * -1, SPEC)
-    store.close()  # the process dies here: the index files on disk are the old ones
+    with pytest.raises(KeyboardInterrupt), store.writing():  # committed, never saved
+        new_ids = store.add(_items(5, "image", start=5000), new, SPEC)
+        store.delete(ids[:3])
+        store.update([int(ids[10])], _items(1, "image", start=10), new[:1] * -1, SPEC)
+        raise KeyboardInterrupt  # the process dies here: the index files are the old ones
+    store.close()
 
+    manifest = (path / "manifest.json").read_bytes()
     reopened = Store.open(path)
     assert any("missed changes" in line for line in reopened.repairs)
+    assert (path / "manifest.json").read_bytes() == manifest  # a reader repairs in memory
     hits = reopened.search(new, k=1, modality="image")
     assert [row[0].id for row in hits] == new_ids
     everything = reopened.search(vectors[:3], k=1000)
     assert not {h.id for row in everything for h in row} & set(ids[:3].tolist())
     assert reopened.search(-new[:1], k=1, modality="image")[0][0].id == ids[10]
+    with reopened.writing():
+        pass  # the next writer saves the repair
     reopened.close()
-    assert Store.open(path).repairs == []  # the repair was saved
+    assert Store.open(path).repairs == []
 
 
 def test_a_killed_writer_process_is_repaired_on_open(tmp_path):
@@ -149,8 +155,10 @@ def test_a_killed_writer_process_is_repaired_on_open(tmp_path):
         "from e5v_search.testing import clustered_vectors\n"
         f"s = Store.open({str(path)!r})\n"
         "spec = s.catalog.spec()\n"
-        "s.add([{'modality': 'text', 'source': 'late'}], clustered_vectors(1, 64, seed=77), spec)\n"
-        "os.kill(os.getpid(), 9)\n"
+        "with s.writing():\n"
+        "    s.add([{'modality': 'text', 'source': 'late'}], clustered_vectors(1, 64, seed=77),"
+        " spec)\n"
+        "    os.kill(os.getpid(), 9)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=False)
     reopened = Store.open(path)
@@ -269,9 +277,8 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(fx.faiss, "write_index", dies_half_way)
     with pytest.raises(InputError, match="already in the catalog"):
         store.add(_items(1), clustered_vectors(1, DIM, seed=8), SPEC)
-    store.add(_items(1, start=9000), clustered_vectors(1, DIM, seed=8), SPEC)
-    with pytest.raises(OSError, match="disk full"):
-        store.save()
+    with pytest.raises(OSError, match="disk full"):  # committed; the save dies half-way
+        store.add(_items(1, start=9000), clustered_vectors(1, DIM, seed=8), SPEC)
     assert (path / "image.faiss").read_bytes() == good
     assert not list(path.glob("*.tmp"))
     manifest = json.loads((path / "manifest.json").read_text())

@@ -1,0 +1,89 @@
+"""One writer at a time per index directory, across processes: an advisory lock (flock) on
+`<index>/write.lock`, held by every command that writes (ingest, delete, rebuild, a repair, a
+migration). Readers (search, info, serve) never take it.
+
+The OS releases a flock when its process dies, SIGKILL included, so a lock is never left stale.
+The holder writes who it is (pid, what it does, since when) into the lock file, so a second
+writer can say whom it waits for and, after its timeout, name the holder in its error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import E5VSearchError
+
+LOCK_FILE = "write.lock"
+DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
+_POLL = 0.1
+
+
+class IndexBusyError(E5VSearchError):
+    """Another process holds the index's writer lock for longer than we may wait."""
+
+
+class WriterLock:
+    def __init__(self, directory: str | Path, purpose: str, timeout: float | None = None,
+                 on_wait=None):  # fmt: skip
+        self.path = Path(directory) / LOCK_FILE
+        self.purpose = purpose
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        self.on_wait = on_wait  # called once with a message when the lock is busy
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline, told = time.monotonic() + self.timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _describe(fd)
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise IndexBusyError(
+                        f"{self.path.parent} is being written by {holder}; gave up after "
+                        f"{self.timeout:g} s. Wait for it to finish, or give a longer "
+                        "--lock-timeout (E5V_LOCK_TIMEOUT)."
+                    ) from None
+                if not told and self.on_wait:
+                    self.on_wait(f"waiting for {holder} to finish writing {self.path.parent}")
+                    told = True
+                time.sleep(_POLL)
+        who = {"pid": os.getpid(), "purpose": self.purpose, "command": " ".join(sys.argv[:3]),
+               "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(who).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _describe(fd: int) -> str:
+    try:
+        who = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        who = {}
+    if not who:
+        return "another process"
+    purpose, since, pid = who.get("purpose", "write"), who.get("since"), who.get("pid")
+    return f"the {purpose} started at {since} by pid {pid} ({who.get('command', '?')})"
