@@ -68,6 +68,31 @@ def parse_filters(pairs) -> dict:
     return out
 
 
+def one_expression(where: str) -> str:
+    """`where` if it is one SQL expression: parentheses that never close more than they open,
+    no statement separator and no comment outside quotes. Otherwise a filter such as
+    `0) UNION SELECT id FROM items --` would step out of the parentheses it is put in."""
+    depth, quote, i = 0, None, 0
+    while i < len(where):
+        char = where[i]
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"`[":
+            quote = "]" if char == "[" else char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise InputError(f"bad filter {where!r}: a ')' closes more than it opened")
+        elif char == ";" or where.startswith(("--", "/*"), i):
+            raise InputError(f"bad filter {where!r}: one condition, without ';' or comments")
+        i += 1
+    if depth or quote:
+        raise InputError(f"bad filter {where!r}: unbalanced parentheses or quotes")
+    return where
+
+
 def metadata_filter(filters: dict) -> tuple[str, list]:
     """{"label": "dog", "size.w": 3} -> an SQL condition on the metadata JSON and its params."""
     clauses, params = [], []
@@ -278,7 +303,7 @@ class Catalog:
         if modality:
             sql, args = sql + " AND modality = ?", [modality]
         if where:
-            sql += f" AND ({where})"
+            sql += f" AND ({one_expression(where)})"
             args += list(params)
         try:
             rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()

@@ -16,6 +16,8 @@ import click
 from .config import DEFAULT_MODEL
 from .errors import E5VSearchError, InputError
 
+MAX_K = 10_000  # results per query: beyond this, page through a filter instead
+
 
 def model_options(command):
     """Options every command that loads the model shares, each also read from the environment."""
@@ -287,7 +289,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, qui
 @click.option("--like", type=int, help="Id of a stored item: more like it.")
 @click.option("--type", "modality", type=click.Choice(["image", "text", "any"]),
               help="What to return [the other modality of the query].")  # fmt: skip
-@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
 @click.option(
     "--where", help="SQL condition on items, e.g. \"json_extract(metadata, '$.album') = 'x'\"."
 )
@@ -361,8 +363,8 @@ def info(index, as_json):
 @index_option
 @lock_option
 @click.option("--type", "factory", help="FAISS factory string (Flat, HNSW32, IVF4096,PQ64...).")
-@click.option("--nprobe", type=int, help="IVF lists searched per query.")
-@click.option("--ef-search", type=int, help="HNSW search depth.")
+@click.option("--nprobe", type=click.IntRange(min=1), help="IVF lists searched per query.")
+@click.option("--ef-search", type=click.IntRange(min=1), help="HNSW search depth.")
 @click.option("--max-memory", help="Choose the type to fit this budget (8GB, 512MiB): Flat if it "
               "fits, else OPQ+IVF+PQ with its lists on disk.")  # fmt: skip
 @click.option("--rerank", type=click.IntRange(min=1),
@@ -376,6 +378,8 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     if factory and max_memory:
         raise click.UsageError("give --type or --max-memory, not both")
     budget = parse_bytes(max_memory) if max_memory else None
+    if budget is not None and budget < 10**6:
+        raise click.UsageError(f"--max-memory {max_memory}: give at least 1MB (8GB, 512MiB)")
     with _open_engine(index) as engine:
         _echo_repairs(engine)
         built = engine.rebuild(
@@ -511,8 +515,9 @@ def composed(images, triples, index, **model_args):
 
 @evaluate.command(name="index")
 @index_option
-@click.option("--sample", default=200, show_default=True, help="Stored vectors used as queries.")
-@click.option("-k", default=10, show_default=True)
+@click.option("--sample", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Stored vectors used as queries.")  # fmt: skip
+@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
 @_errors_to_click
 def index_recall(index, sample, k):
     """Recall@k of the index against exact search, per query modality (no model needed)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastPath
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -27,6 +28,7 @@ from .serving import THUMBNAIL_SIZES, ModelWorker, ThumbnailCache
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 20 * 2**20
+MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger one is a 422, never a 500
 Modality = Literal["image", "text", "any"]
 
 
@@ -79,7 +81,7 @@ def create_app(
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
     def search(
         q: str | None = Query(None, description="Query text", max_length=10_000),
-        like: int | None = Query(None, description="Id of a stored item: more like it"),
+        like: int | None = Query(None, ge=1, le=MAX_ID, description="Id of a stored item"),
         k: int = Query(10, ge=1, le=1000),
         type: Modality | None = Query(None, description="Results' modality [other than query's]"),
         meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
@@ -117,7 +119,7 @@ def create_app(
         )
 
     @app.get("/api/items/{item_id}", summary="An item's metadata")
-    def item(item_id: int):
+    def item(item_id: int = FastPath(ge=1, le=MAX_ID)):
         with store_lock:
             rows = engine.store.catalog.get([item_id])
         if not rows:
@@ -144,7 +146,7 @@ def create_app(
         }
 
     @app.get("/thumbs/{item_id}.jpg", summary="A thumbnail of a stored image")
-    def thumbnail(item_id: int, size: int = Query(256)):
+    def thumbnail(item_id: int = FastPath(ge=1, le=MAX_ID), size: int = Query(256)):
         if size not in THUMBNAIL_SIZES:
             raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
         row = _image_item(item_id)
@@ -157,7 +159,7 @@ def create_app(
         )
 
     @app.get("/files/{item_id}", summary="The original file of a stored image")
-    def original(item_id: int):
+    def original(item_id: int = FastPath(ge=1, le=MAX_ID)):
         row = _image_item(item_id)
         if not Path(row["source"]).is_file():
             raise HTTPException(404, f"the file of item {item_id} is gone")

@@ -48,3 +48,39 @@ def test_readme_commands_exist():
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     for command in re.findall(r"^\$ e5v-search (\S+)", readme, re.M):
         assert command in cli.commands, f"README shows `e5v-search {command}`, which does not exist"
+
+
+def test_bad_numbers_and_filters_are_refused_at_the_edge(tmp_path, tiny_dir):
+    from fastapi.testclient import TestClient
+
+    from e5v_search.engine import Engine
+    from e5v_search.server import create_app
+
+    index = tmp_path / "ix"
+    (tmp_path / "t.txt").write_text("one\ntwo\nthree\n")
+    env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
+    assert CliRunner().invoke(cli, ["ingest", str(tmp_path / "t.txt"), "--index", str(index)],
+                              env=env).exit_code == 0  # fmt: skip
+    refused = [
+        ["rebuild", "--ef-search", "-5"],
+        ["rebuild", "--nprobe", "-1"],
+        ["rebuild", "--max-memory", "0"],
+        ["search", "one", "-k", "1000000000"],
+        ["search", "one", "-k", "0"],
+        ["eval", "index", "-k", "-3"],
+        ["eval", "index", "--sample", "-1"],
+        ["delete", "--where", "0) UNION SELECT id FROM items --"],
+        ["search", "one", "--type", "text", "--where", "1); DROP TABLE items; --"],
+    ]
+    for args in refused:
+        result = CliRunner().invoke(cli, [*args, "--index", str(index)], env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+    with Engine.open(index, model=str(tiny_dir), device="cpu") as engine:
+        assert engine.info()["counts"]["text"] == 3  # nothing was deleted or saved
+        app = create_app(engine)
+        with TestClient(app) as client:
+            for url in (f"/api/items/{2**64}", f"/api/search?like={2**70}", "/api/items/0",
+                        f"/thumbs/{2**64}.jpg"):  # fmt: skip
+                assert client.get(url).status_code == 422, url
+        app.state.worker.close()

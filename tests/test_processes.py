@@ -1,0 +1,180 @@
+"""Many processes on one index directory, as users run them (two terminals, a cron ingest, a
+server, a rebuild at night): real subprocesses of the CLI on the tiny checkpoint."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from e5v_search.engine import Engine
+from e5v_search.server import create_app
+from e5v_search.store import Store
+from e5v_search.testing import make_sample_corpus
+
+
+def _cli(*args, env, **options):
+    command = [sys.executable, "-m", "e5v_search.cli", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **options)  # fmt: skip
+
+
+def _run(*args, env, timeout=240):
+    process = _cli(*args, env=env)
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def _lines(path, n, prefix):
+    path.write_text("".join(f"{prefix} line number {i} about a dog and a cat\n" for i in range(n)))
+    return path
+
+
+def _items(path):
+    """What is stored, by origin (ids depend on who ran first), with each vector."""
+    with Store.open(path) as store:
+        ids = store.catalog.ids()
+        rows = store.catalog.get(ids)
+        vectors = store.catalog.vectors(ids)
+    return {
+        (r["source"], r["locator"], r["content_hash"]): v
+        for r, v in zip(rows, vectors, strict=True)
+    }
+
+
+def _assert_every_item_finds_itself(path):
+    with Store.open(path) as store:
+        assert store.repairs == []  # the files on disk are complete: nothing to catch up
+        for modality in ("image", "text"):
+            ids = store.catalog.ids(modality)
+            if not len(ids):
+                continue
+            hits = store.search(store.catalog.vectors(ids), k=1, modality=modality)
+            assert [row[0].id for row in hits] == ids.tolist()
+            assert min(row[0].score for row in hits) > 0.9999
+
+
+@pytest.fixture
+def env(tiny_dir):
+    return dict(os.environ, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
+
+
+def test_two_ingests_at_once_equal_one_sequential_run(tmp_path, env):
+    corpus = make_sample_corpus(tmp_path / "corpus")
+    shared = _lines(tmp_path / "shared.txt", 400, "shared")
+    first = [corpus["images"], corpus["captions"], shared, _lines(tmp_path / "a.txt", 300, "a")]
+    second = [shared, corpus["captions"], _lines(tmp_path / "b.txt", 300, "b")]
+    together = tmp_path / "together"
+    a = _cli("ingest", *first, "--index", together, "--quiet", env=env)
+    b = _cli("ingest", *second, "--index", together, "--quiet", env=env)
+    for process in (a, b):
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+    sequential = tmp_path / "sequential"
+    for sources in (first, second):
+        assert _run("ingest", *sources, "--index", sequential, "--quiet", env=env)[0] == 0
+    got, want = _items(together), _items(sequential)
+    assert got.keys() == want.keys() and len(got) == 48 + 48 + 1000
+    assert max(np.abs(got[key] - want[key]).max() for key in got) <= 1e-5
+    _assert_every_item_finds_itself(together)
+
+
+def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
+    index = tmp_path / "ix"
+    assert _run("ingest", _lines(tmp_path / "seed.txt", 20, "seed"), "--index", index,
+                "--quiet", env=env)[0] == 0  # fmt: skip
+    writer = _cli("ingest", _lines(tmp_path / "big.txt", 8000, "big"), "--index", index,
+                  "--quiet", env=env)  # fmt: skip
+    catalog = sqlite3.connect(index / "catalog.sqlite")
+    deadline = time.time() + 120
+    while catalog.execute("SELECT count(*) FROM items").fetchone()[0] <= 20:
+        assert writer.poll() is None and time.time() < deadline, "the ingest ended too soon"
+        time.sleep(0.1)
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
+              if not p.name.startswith("catalog.sqlite")}  # fmt: skip
+    code, out, err = _run("info", "--index", index, env=env)  # it sees changes the files lack
+    assert code == 0, err
+    code, out, err = _run("search", "big line number 3", "--type", "text", "-k", "1",
+                          "--index", index, env=env)  # fmt: skip
+    assert code == 0, err
+    assert writer.poll() is None, "the ingest ended while the readers ran: use more lines"
+    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
+             if not p.name.startswith("catalog.sqlite")}  # fmt: skip
+    assert after == before
+    writer.communicate(timeout=240)
+    assert writer.returncode == 0
+    _assert_every_item_finds_itself(index)
+
+
+def test_a_second_writer_waits_names_the_holder_and_a_killed_holder_frees_the_lock(tmp_path, env):
+    index = tmp_path / "ix"
+    assert _run("ingest", _lines(tmp_path / "t.txt", 5, "t"), "--index", index, "--quiet",
+                env=env)[0] == 0  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom e5v_search.locking import WriterLock\n"
+         f"with WriterLock({str(index)!r}, 'ingest'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "1", "--index", index,
+                          env=env)  # fmt: skip
+    assert code == 1
+    assert "waiting for the ingest started at" in err and f"pid {holder.pid}" in err
+    assert "gave up after 1 s" in err and "Traceback" not in err
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "5", "--index", index,
+                          env=env)  # fmt: skip
+    assert code == 0, err
+    _assert_every_item_finds_itself(index)
+
+
+@pytest.mark.parametrize("rebuild", [["--type", "IVF4,Flat"], ["--max-memory", "1MB"]])
+def test_an_ingest_and_a_rebuild_at_once_both_land(tmp_path, env, rebuild):
+    index = tmp_path / "ix"
+    assert _run("ingest", _lines(tmp_path / "t.txt", 600, "t"), "--index", index, "--quiet",
+                env=env)[0] == 0  # fmt: skip
+    ingest = _cli("ingest", _lines(tmp_path / "u.txt", 600, "u"), "--index", index, "--quiet",
+                  env=env)  # fmt: skip
+    rebuilt = _cli("rebuild", *rebuild, "--index", index, env=env)
+    for process in (ingest, rebuilt):
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+    with Store.open(index) as store:
+        assert store.catalog.count("text") == 1200 and store.indexes["text"].ntotal == 1200
+        entry = store.manifest["indexes"]["text"]
+        assert entry["factory"] != "Flat" or rebuild[0] == "--max-memory"
+    _assert_every_item_finds_itself(index)
+
+
+def test_a_server_follows_a_cli_ingest_and_delete(tmp_path, env, tiny_dir):
+    index = tmp_path / "ix"
+    assert _run("ingest", _lines(tmp_path / "t.txt", 10, "t"), "--index", index, "--quiet",
+                env=env)[0] == 0  # fmt: skip
+    engine = Engine.open(index, model=str(tiny_dir), device="cpu")
+    app = create_app(engine)
+    new = "A brand new sentence about a horse."
+    with TestClient(app) as client:
+        client.get("/api/search", params={"q": "t line", "type": "text", "k": 3})
+        generation = client.get("/api/info").json()["generation"]
+        (tmp_path / "new.txt").write_text(new + "\n")
+        assert _run("ingest", tmp_path / "new.txt", "--index", index, "--quiet", env=env)[0] == 0
+        body = client.get("/api/search", params={"q": new, "type": "text", "k": 3}).json()
+        assert body["results"][0]["text"] == new
+        assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert client.get("/api/info").json()["generation"] != generation
+        gone = body["results"][0]["id"]
+        assert _run("delete", "--id", gone, "--index", index, env=env)[0] == 0
+        after = client.get("/api/search", params={"q": new, "type": "text", "k": 3}).json()
+        assert gone not in [r["id"] for r in after["results"]] and len(after["results"]) == 3
+    app.state.worker.close()
+    engine.close()
