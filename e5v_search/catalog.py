@@ -29,8 +29,10 @@ from .errors import E5VSearchError, InputError
 from .migrations import migrate, transaction
 
 MODALITIES = ("image", "text")
-# Fields that change the vector space: a query or an ingest must match them exactly.
+# Fields that change the vector space: a query or an ingest must match them exactly. When both
+# sides carry a fingerprint of the weights, it replaces the model's name and revision (labels).
 STRICT_SPEC_FIELDS = ("model", "revision", "dim", "prompt_version")
+FINGERPRINTED_FIELDS = ("fingerprint", "dim", "prompt_version")
 ITEM_FIELDS = (
     "source", "locator", "text", "content_hash", "width", "height", "metadata",
     "file_size", "file_mtime_ns",
@@ -157,10 +159,16 @@ class Catalog:
         stored = self.spec()
         if stored is None:
             return []
-        differ = [f for f in STRICT_SPEC_FIELDS if stored.get(f) != spec.get(f)]
+        known = stored.get("fingerprint") and spec.get("fingerprint")
+        strict = FINGERPRINTED_FIELDS if known else STRICT_SPEC_FIELDS
+        differ = [f for f in strict if stored.get(f) != spec.get(f)]
         if differ:
             said = ", ".join(
-                f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}" for f in differ
+                f"weights: index {stored['fingerprint']} ({stored.get('model')}), {purpose} "
+                f"{spec['fingerprint']} ({spec.get('model')})"
+                if f == "fingerprint"
+                else f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}"
+                for f in differ
             )
             raise SpecMismatchError(
                 f"this index was built with other embeddings ({said}). Use the index's model "
@@ -168,20 +176,30 @@ class Catalog:
                 + (f" --revision {stored['revision']}" if stored.get("revision") else "")
                 + ") or a new index."
             )
+        labels = ("model", "revision") if known else ()
         return [
             f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}"
-            for f in ("dtype", "transformers")
+            + (" (the same weights)" if f in labels else "")
+            for f in (*labels, "dtype", "transformers")
             if stored.get(f) != spec.get(f)
         ]
 
     # -- writes ----------------------------------------------------------------------------
 
+    def _record_spec(self, spec: dict) -> None:
+        """The first write records the spec; a later one by the same model fills in the
+        fingerprint an index made before fingerprints lacks (check_spec compared names)."""
+        stored = self.spec()
+        if stored is None:
+            self._set_meta("spec", spec)
+        elif not stored.get("fingerprint") and spec.get("fingerprint"):
+            self._set_meta("spec", {**stored, "fingerprint": spec["fingerprint"]})
+
     def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
         """Insert items and their vectors in one transaction; return their new ids."""
         self._check_batch(items, vectors, spec)
         with transaction(self.conn):
-            if self.spec() is None:
-                self._set_meta("spec", spec)
+            self._record_spec(spec)
             seq, first = self.seq + 1, self._meta("next_id", 1)
             ids = list(range(first, first + len(items)))
             stamp = now()
@@ -213,6 +231,7 @@ class Catalog:
         """Replace the fields and vectors of existing items (a changed source file)."""
         self._check_batch(items, vectors, spec)
         with transaction(self.conn):
+            self._record_spec(spec)
             seq, stamp = self.seq + 1, now()
             self.conn.executemany(
                 "UPDATE items SET source=?, locator=?, text=?, content_hash=?, width=?, "

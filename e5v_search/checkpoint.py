@@ -58,3 +58,34 @@ def repair_model(model, tokenizer) -> list[str]:
 
 def _clamp_ids(module, args):
     return (args[0].clamp(max=module.num_embeddings - 1),) + tuple(args[1:])
+
+
+FINGERPRINT_SAMPLES = 16  # slices read from each weight file
+FINGERPRINT_SLICE = 64 * 1024
+
+
+def fingerprint(model: str, commit: str | None = None) -> str:
+    """What identifies a checkpoint's weights, not its name. A hub id: its resolved commit. A
+    directory: a SHA-256 of config.json and, per weight file, its size and 16 slices of 64 KiB
+    spread over it (headers and values: weights fine-tuned into the same shapes differ there),
+    about 1 MiB read per file whatever its size. The same weights copied to another path get
+    the same fingerprint; other weights under the same name do not."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(str(model)).expanduser()
+    if not path.is_dir():
+        return f"hub:{commit}" if commit else f"name:{model}"
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    for file in weights:
+        size = file.stat().st_size
+        digest.update(str(size).encode())
+        with open(file, "rb") as f:
+            for k in range(FINGERPRINT_SAMPLES):
+                f.seek(size * k // FINGERPRINT_SAMPLES)
+                digest.update(f.read(FINGERPRINT_SLICE))
+    return "sha256:" + digest.hexdigest()[:32]

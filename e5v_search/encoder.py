@@ -85,9 +85,11 @@ def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dic
 
     config = LlavaNextConfig.from_pretrained(model, revision=revision)
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    revision = revision or getattr(config, "_commit_hash", None)
     return {
         "model": str(model),
-        "revision": revision or getattr(config, "_commit_hash", None),
+        "revision": revision,
+        "fingerprint": checkpoint.fingerprint(model, revision),
         "dim": config.text_config.hidden_size,
         "dtype": str(torch_dtype).removeprefix("torch."),
         "prompt_version": prompts.PROMPT_VERSION,
@@ -165,6 +167,7 @@ class E5VEncoder:
             self.model, self.tokenizer
         )
         self.context = self.model.config.text_config.max_position_embeddings
+        self._fingerprint = None
         self._image_prompt_tokens = self.preprocessor.image_prompt_tokens
 
     @classmethod
@@ -196,9 +199,12 @@ class E5VEncoder:
         """What an embedding depends on; an index records it and refuses queries made otherwise."""
         import transformers
 
+        if self._fingerprint is None:  # reads ~1 MiB per weight file: once
+            self._fingerprint = checkpoint.fingerprint(self.model_id, self.revision)
         return {
             "model": self.model_id,
             "revision": self.revision,
+            "fingerprint": self._fingerprint,
             "dim": self.dim,
             "dtype": str(self.dtype).removeprefix("torch."),
             "prompt_version": prompts.PROMPT_VERSION,

@@ -233,8 +233,56 @@ def test_a_query_with_another_model_is_refused(tmp_path, tiny_dir, legacy_dir, c
     with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
         engine.ingest([corpus["captions"]], progress=False)
     with Engine.open(tmp_path / "ix", model=str(legacy_dir), device="cpu") as engine:
-        with pytest.raises(Exception, match="model: index"):
+        with pytest.raises(Exception, match="weights: index sha256:"):
             engine.search("a dog")
+
+
+def test_a_model_is_known_by_its_weights_not_its_name(tmp_path, tiny_dir, corpus, monkeypatch):
+    """A copy of the checkpoint at another path is accepted; other weights under the same name
+    (`--model ckpt` from another folder) are refused, for search and for ingest."""
+    import shutil
+
+    from e5v_search.catalog import SpecMismatchError
+    from e5v_search.testing import build_tiny_checkpoint
+
+    shutil.copytree(tiny_dir, tmp_path / "copy" / "ckpt")
+    build_tiny_checkpoint(tmp_path / "other" / "ckpt", seed=1)  # same shapes, other weights
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
+        engine.ingest([corpus["captions"]], progress=False)
+        expected = engine.search("A red circle on a grey background.", k=3, modality="text")
+    monkeypatch.chdir(tmp_path / "copy")
+    with Engine.open(tmp_path / "ix", model="ckpt", device="cpu") as engine:
+        got = engine.search("A red circle on a grey background.", k=3, modality="text")
+        assert [(r.id, round(r.score, 5)) for r in got] == [
+            (r.id, round(r.score, 5)) for r in expected
+        ]
+        assert any("the same weights" in note for note in engine.notes)
+    monkeypatch.chdir(tmp_path / "other")
+    with Engine.open(tmp_path / "ix", model="ckpt", device="cpu") as engine:
+        with pytest.raises(SpecMismatchError, match="weights: index sha256:"):
+            engine.search("a dog")
+        with pytest.raises(SpecMismatchError):
+            engine.ingest([corpus["csv"]], text_field="caption", progress=False)
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu") as engine:
+        assert engine.info()["counts"]["text"] == 48  # nothing from the other weights
+
+
+def test_an_index_made_before_fingerprints_gets_one_on_its_next_write(tmp_path, tiny_dir, corpus):
+    import json
+    import sqlite3
+
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
+        engine.ingest([corpus["captions"]], progress=False)
+    conn = sqlite3.connect(tmp_path / "ix" / "catalog.sqlite")
+    spec = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()[0])
+    fingerprint = spec.pop("fingerprint")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'spec'", (json.dumps(spec),))
+    conn.commit()
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu") as engine:
+        assert engine.search("a dog", k=1, modality="text")  # compared by name, as before
+        assert "fingerprint" not in engine.store.catalog.spec()  # a reader writes nothing
+        engine.ingest([corpus["csv"]], text_field="caption", progress=False)
+        assert engine.store.catalog.spec()["fingerprint"] == fingerprint
 
 
 def test_an_ingest_killed_mid_run_resumes_to_the_same_catalog(tmp_path, tiny_dir, corpus):
