@@ -356,6 +356,8 @@ def info(index, as_json):
         extra = f" {settings}" if settings else ""
         click.echo(f"{modality + ':':<8} {entry['factory']}, {entry['vectors']} vectors, "
                    f"{entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
+    for modality, problem in data["damaged"].items():
+        click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
     click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
 
 
@@ -535,8 +537,8 @@ def _filters(pairs) -> dict:
 
 def _describe(result) -> str:
     where = f" ({Path(result.source).name}, {result.locator})" if result.locator else ""
-    if result.modality == "text":
-        text = result.text if len(result.text) <= 80 else result.text[:77] + "..."
+    if result.modality == "text" and result.text is not None:  # (items added through Store
+        text = result.text if len(result.text) <= 80 else result.text[:77] + "..."  # may lack it)
         return f"{text}{where}"
     return str(result.source)
 

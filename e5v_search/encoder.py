@@ -123,11 +123,14 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False)
                 output_loading_info=True,
                 **placement,
             )
-    except (OSError, ValueError) as error:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - safetensors panics on a truncated file
         raise ModelLoadError(
-            f"cannot load an E5-V model from {model!r}: {error}\n"
+            f"cannot load an E5-V model from {model!r}: {type(error).__name__}: {error}\n"
             "Give a hub id (royokong/e5-v) or a local directory with config.json, the "
-            "weights and the processor files."
+            "weights and the processor files; a weight file may be incomplete (download it "
+            "again)."
         ) from error
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])

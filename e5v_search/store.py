@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -59,6 +60,13 @@ class IndexNotFoundError(E5VSearchError):
     """No index at the given directory."""
 
 
+class IndexDamagedError(E5VSearchError):
+    """A file of the index is damaged in a way that cannot be repaired on the spot."""
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 @dataclass
 class Hit:
     id: int
@@ -80,6 +88,7 @@ class Store:
         self.on_wait = None  # told once when another writer holds the lock
         self._writing = 0  # depth of nested writing() blocks
         self._state = threading.RLock()  # searches vs a refresh, in a threaded server
+        self.damaged: dict[str, str] = {}  # modality -> what is wrong and what fixes it
 
     @classmethod
     def open(cls, path: str | Path, create: bool = False, lock_timeout=None, on_wait=None):
@@ -93,15 +102,20 @@ class Store:
                 f"{path}` (or Store.open(path, create=True))"
             )
         path.mkdir(parents=True, exist_ok=True)
-        if exists and not pending_migrations(path / CATALOG):
-            catalog = Catalog(path / CATALOG)
-        else:
-            with WriterLock(path, "creation" if not exists else "migration", lock_timeout,
-                            on_wait):  # fmt: skip
+        if exists:
+            _check_catalog_file(path / CATALOG)
+        try:
+            if exists and not pending_migrations(path / CATALOG):
                 catalog = Catalog(path / CATALOG)
-        store = cls(path, catalog, _read_manifest(path / MANIFEST))
-        store.lock_timeout, store.on_wait = lock_timeout, on_wait
-        store._load()
+            else:
+                with WriterLock(path, "creation" if not exists else "migration", lock_timeout,
+                                on_wait):  # fmt: skip
+                    catalog = Catalog(path / CATALOG)
+            store = cls(path, catalog, _read_manifest(path / MANIFEST))
+            store.lock_timeout, store.on_wait = lock_timeout, on_wait
+            store._load()
+        except sqlite3.DatabaseError as error:
+            raise IndexDamagedError(_catalog_damage(path / CATALOG, error)) from error
         return store
 
     def close(self) -> None:
@@ -140,6 +154,9 @@ class Store:
             self._writing = 1
             try:
                 self.refresh()
+                self._remove_leftovers()
+                if self.damaged and purpose != "rebuild":
+                    raise IndexDamagedError("; ".join(self.damaged.values()))
                 yield self
                 self._save()
             finally:
@@ -154,6 +171,7 @@ class Store:
             if manifest.get("save_id") != self.manifest.get("save_id"):
                 self.manifest, self.indexes, self._gpu = manifest, {}, {}
                 self._dirty.clear()
+                self.damaged.clear()
                 self._load()
                 return True
             seq = self.catalog.seq
@@ -184,7 +202,17 @@ class Store:
                     why = "not in the manifest" if entry is None else "missing"
                     self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
                 continue
+            damage = _damage(self.path, entry)
+            if damage and entry.get("ondisk"):
+                # Never mapped: a truncated .ivfdata would kill a search with SIGBUS.
+                self.damaged[modality] = (
+                    f"{damage}: the {modality} index cannot be searched; `e5v-search rebuild "
+                    f"--index {self.path} --max-memory SIZE` rebuilds it from the catalog"
+                )
+                continue
             try:
+                if damage:
+                    raise ValueError(damage)
                 if entry.get("ondisk"):
                     self.indexes[modality] = ondisk.load(self.path, entry)
                 else:
@@ -266,6 +294,7 @@ class Store:
             for ids, vectors in chunks:
                 fx.add(index, ids, vectors)
         self.indexes[modality] = index
+        self.damaged.pop(modality, None)
         self._gpu.pop(modality, None)
         self._dirty.add(modality)
         self.manifest.setdefault("indexes", {})[modality] = entry
@@ -301,6 +330,8 @@ class Store:
             entry = entries.setdefault(modality, {"factory": self.factory})
             entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
+            if modality in self._dirty or "files" not in entry:
+                entry["files"] = _file_records(ondisk.files_of(self.path, entry))
         seq = self.covered
         self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
                              saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
@@ -308,6 +339,12 @@ class Store:
         self.catalog.prune_deleted(seq)
         self._dirty.clear()
         self._remove_unused_files()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files and on-disk build folders of a writer that was killed (only a
+        writer creates them, and we hold the lock)."""
+        for leftover in [*self.path.glob("*.tmp"), *self.path.glob("*.shards.*")]:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
     def _remove_unused_files(self) -> None:
         """Files of index generations the manifest no longer names (after it was written)."""
@@ -422,6 +459,8 @@ class Store:
             )
         hits: list[list[Hit]] = [[] for _ in queries]
         for mod in [modality] if modality else list(MODALITIES):
+            if mod in self.damaged:
+                raise IndexDamagedError(self.damaged[mod])
             if mod not in self.indexes:
                 continue
             with self._state:
@@ -493,10 +532,10 @@ class Store:
         """Rebuild every modality's index from the stored vectors and save. `factory`: a FAISS
         type (default: the current one); or `max_memory` (bytes): the type is chosen per
         modality to fit its share of the budget (ondisk.choose), IVF lists merged on disk.
-        `rerank`: rescore that many candidates exactly from the stored vectors. A modality too
-        small to train the type gets Flat, said so in its entry's note."""
-        if factory is None and max_memory is None:
-            factory = self.factory
+        `rerank`: rescore that many candidates exactly from the stored vectors. Neither type nor
+        budget: each modality keeps its current type, on disk or not, and its re-ranking. A
+        modality too small to train the type gets Flat, said so in its entry's note."""
+        keep = factory is None and max_memory is None
         if factory:
             fx.make(factory, self.catalog.dim or 64)  # a bad factory string fails before work
         counts = {m: self.catalog.count(m) for m in MODALITIES if self.catalog.count(m)}
@@ -504,6 +543,10 @@ class Store:
         stats, failures = [], []
         for modality, count in counts.items():
             chosen, on_disk, note = factory, False, None
+            current = self.manifest.get("indexes", {}).get(modality, {})
+            if keep:
+                chosen, on_disk = current.get("factory", self.factory), bool(current.get("ondisk"))
+                rerank = current.get("rerank") if rerank is None else rerank
             if modality in choices:
                 choice = choices[modality]
                 chosen, on_disk, note = choice.factory, choice.ondisk, choice.reason
@@ -586,6 +629,7 @@ class Store:
                 }
                 for m in self.indexes
             },
+            "damaged": dict(self.damaged),
             "catalog_bytes": (self.path / CATALOG).stat().st_size,
             "errors": len(self.catalog.errors()),
         }
@@ -607,3 +651,55 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _file_records(files: list[Path]) -> dict:
+    """Size of each file of an index entry, and a SHA-256 of those read whole when loaded (not
+    of the .ivfdata lists, paged from disk and as large as the collection)."""
+    records = {}
+    for file in files:
+        record = {"size": file.stat().st_size}
+        if file.suffix != ".ivfdata":
+            record["sha256"] = _sha256(file)
+        records[file.name] = record
+    return records
+
+
+def _damage(folder: Path, entry: dict) -> str | None:
+    """What is wrong with the files an entry recorded at its save, or None."""
+    for name, record in (entry.get("files") or {}).items():
+        file = folder / name
+        if not file.exists():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != record["size"]:
+            return f"{name} is damaged ({size} bytes, {record['size']} when it was saved)"
+        if "sha256" in record and _sha256(file) != record["sha256"]:
+            return f"{name} is damaged (its checksum differs from the one saved)"
+    return None
+
+
+def _sha256(file: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_catalog_file(path: Path) -> None:
+    """An empty or foreign file is refused before SQLite, which would take it for a new
+    database and write an empty schema over it."""
+    with open(path, "rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if header != _SQLITE_HEADER:
+        raise IndexDamagedError(_catalog_damage(path, "empty" if not header else "not SQLite"))
+
+
+def _catalog_damage(path: Path, error) -> str:
+    return (
+        f"{path} is damaged ({error}): the catalog is the index's source of truth and is never "
+        "overwritten. Restore it from a backup; the .faiss files cannot rebuild it."
+    )
