@@ -186,6 +186,17 @@ class Catalog:
 
     # -- writes ----------------------------------------------------------------------------
 
+    @property
+    def next_id(self) -> int:
+        return self._meta("next_id", 1)
+
+    def never_reuse_below(self, next_id: int) -> None:
+        """Ids below `next_id` were given before (the index files say so) even if this catalog
+        lost them (a lost -wal file, a restored backup): never give them again."""
+        with transaction(self.conn):
+            if self._meta("next_id", 1) < next_id:
+                self._set_meta("next_id", next_id)
+
     def _record_spec(self, spec: dict) -> None:
         """The first write records the spec; a later one by the same model fills in the
         fingerprint an index made before fingerprints lacks (check_spec compared names)."""

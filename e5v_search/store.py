@@ -154,6 +154,7 @@ class Store:
             self._writing = 1
             try:
                 self.refresh()
+                self.catalog.never_reuse_below(self.manifest.get("next_id", 1))
                 self._remove_leftovers()
                 if self.damaged and purpose != "rebuild":
                     raise IndexDamagedError("; ".join(self.damaged.values()))
@@ -193,6 +194,19 @@ class Store:
         Each repair is listed in `repairs` and is written by the next writer's save."""
         seq = self.catalog.seq
         covered = self.manifest.get("covered_seq")
+        if covered is not None and covered > seq:
+            # The files are newer than the catalog: it lost its last writes. Not their fault.
+            self.repairs.append(
+                f"{CATALOG} is older than the index files (its change counter is {seq}, the "
+                f"files cover {covered}): its last writes were lost (a lost {CATALOG}-wal file, "
+                "a restored backup?). The index files are rebuilt from it; ids given before are "
+                "never given again"
+            )
+            for modality in MODALITIES:
+                if self.catalog.count(modality):
+                    self._rebuild(modality, self._factory_of(modality))
+            self.covered = seq
+            return
         for modality in MODALITIES:
             entry = self.manifest.get("indexes", {}).get(modality)
             stored = self.catalog.count(modality)
@@ -333,8 +347,9 @@ class Store:
             if modality in self._dirty or "files" not in entry:
                 entry["files"] = _file_records(ondisk.files_of(self.path, entry))
         seq = self.covered
+        next_id = max(self.catalog.next_id, self.manifest.get("next_id", 1))
         self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
-                             saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
+                             next_id=next_id, saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
         _write_json_atomic(self.path / MANIFEST, self.manifest)
         self.catalog.prune_deleted(seq)
         self._dirty.clear()

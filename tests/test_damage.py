@@ -151,3 +151,24 @@ def test_a_truncated_weight_file_is_a_load_error(tmp_path, tiny_dir):
     result = _cli("similarity", "--model", model, "--device", "cpu", "-t", "a", "-i", image)
     _assert_named(result, "cannot load an E5-V model")
     assert "incomplete" in result.stderr
+
+
+def test_a_catalog_that_lost_its_last_writes_is_named_and_ids_are_never_reused(tmp_path):
+    import shutil
+
+    path = tmp_path / "ix"
+    with Store.open(path, create=True) as store:
+        store.add([{"modality": "text", "source": str(i)} for i in range(10)],
+                  clustered_vectors(10, DIM), SPEC)  # fmt: skip
+    shutil.copy(path / "catalog.sqlite", tmp_path / "old.sqlite")  # closed: WAL checkpointed
+    with Store.open(path) as store:
+        later = store.add([{"modality": "text", "source": f"later{i}"} for i in range(5)],
+                          clustered_vectors(5, DIM, seed=3), SPEC)  # fmt: skip
+    shutil.copy(tmp_path / "old.sqlite", path / "catalog.sqlite")  # the last writes are lost
+    with Store.open(path) as store:
+        assert len(store.repairs) == 1 and "catalog.sqlite is older than" in store.repairs[0]
+        assert store.indexes["text"].ntotal == 10
+        new = store.add([{"modality": "text", "source": "new"}], clustered_vectors(1, DIM), SPEC)
+    assert new[0] > max(later)  # the id of a lost item is never given to another
+    with Store.open(path) as store:
+        assert store.repairs == [] and store.indexes["text"].ntotal == 11
