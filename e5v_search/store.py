@@ -43,6 +43,7 @@ from .catalog import MODALITIES, Catalog, now
 from .errors import E5VSearchError, InputError
 from .locking import WriterLock
 from .migrations import pending_migrations
+from .sources import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -675,7 +676,7 @@ def _file_records(files: list[Path]) -> dict:
     for file in files:
         record = {"size": file.stat().st_size}
         if file.suffix != ".ivfdata":
-            record["sha256"] = _sha256(file)
+            record["sha256"] = file_hash(file)
         records[file.name] = record
     return records
 
@@ -689,19 +690,9 @@ def _damage(folder: Path, entry: dict) -> str | None:
         size = file.stat().st_size
         if size != record["size"]:
             return f"{name} is damaged ({size} bytes, {record['size']} when it was saved)"
-        if "sha256" in record and _sha256(file) != record["sha256"]:
+        if "sha256" in record and file_hash(file) != record["sha256"]:
             return f"{name} is damaged (its checksum differs from the one saved)"
     return None
-
-
-def _sha256(file: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_catalog_file(path: Path) -> None:
