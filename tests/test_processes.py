@@ -196,3 +196,41 @@ def test_a_server_follows_a_cli_ingest_and_delete(tmp_path, env, tiny_dir):
         assert gone not in [r["id"] for r in after["results"]] and len(after["results"]) == 3
     app.state.worker.close()
     engine.close()
+
+
+def test_an_on_disk_rebuild_beside_a_delete_and_an_add(tmp_path):
+    """Synthetic vectors, so the budget can force IVF-PQ lists on disk; three processes."""
+    from e5v_search import ondisk
+    from e5v_search.testing import clustered_vectors
+
+    index, dim = tmp_path / "ix", 64
+    spec = {"model": "m", "revision": None, "dim": dim, "dtype": "float32",
+            "prompt_version": "e5v-1"}  # fmt: skip
+    with Store.open(index, create=True) as store:
+        items = [{"modality": "image", "source": str(i)} for i in range(6000)]
+        store.add(items, clustered_vectors(6000, dim, seed=1), spec)
+    budget = 500_000 + ondisk.FLAT_OVERHEAD
+    code = ("import sys\nfrom e5v_search.store import Store\n"
+            "from e5v_search.testing import clustered_vectors\n"
+            f"s = Store.open({str(index)!r})\n")  # fmt: skip
+    rebuild = code + f"print(s.rebuild(max_memory={budget})[0]['factory'])\n"
+    add = code + (
+        "s.add([{'modality': 'image', 'source': f'new{i}'} for i in range(100)],"
+        " clustered_vectors(100, 64, seed=5), s.catalog.spec())\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", rebuild], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True),
+        _cli("delete", *[f"--id={i}" for i in range(1, 51)], "--index", index, env=os.environ),
+        subprocess.Popen([sys.executable, "-c", add], stderr=subprocess.PIPE, text=True),
+    ]  # fmt: skip
+    for process in processes:
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+        assert "Traceback" not in (err or "")
+    with Store.open(index) as store:
+        assert store.manifest["indexes"]["image"]["ondisk"]
+        assert store.repairs == []
+        stored = set(store.catalog.ids("image").tolist())
+        assert len(stored) == 6000 - 50 + 100
+        assert set(store.indexes["image"].ids().tolist()) == stored
