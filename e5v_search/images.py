@@ -17,7 +17,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+try:  # HEIC/HEIF, the iPhone's default, through pillow-heif's opener (AVIF is Pillow's own)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # a dependency; an install without it reads every other format
+    pass
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                    ".heic", ".heif", ".avif")  # fmt: skip
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: past any camera; PIL itself refuses above ~179 MP
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
