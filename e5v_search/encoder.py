@@ -15,6 +15,7 @@ non-finite row is embedded again alone, and one that stays non-finite raises `Em
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -22,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,13 +80,50 @@ def resolve_dtype(dtype, device: str):
     return getattr(torch, name)
 
 
+def estimated_parameters(config) -> int:
+    """Parameters of a LLaVA-NeXT config (Llama, CLIP tower, projector) without its weights:
+    8.35e9 for E5-V's (the model has 8.36e9)."""
+    t, v = config.text_config, config.vision_config
+    heads = t.num_attention_heads
+    kv_heads = getattr(t, "num_key_value_heads", None) or heads
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // heads
+    attention = t.hidden_size * head_dim * 2 * (heads + kv_heads)
+    layer = attention + 3 * t.hidden_size * t.intermediate_size
+    llm = 2 * t.vocab_size * t.hidden_size + t.num_hidden_layers * layer
+    vision = v.num_hidden_layers * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
+    vision += 3 * v.patch_size**2 * v.hidden_size
+    projector = v.hidden_size * t.hidden_size + t.hidden_size**2
+    return int(llm + vision + projector)
+
+
+def cpu_dtype(parameters: int, available_bytes: int) -> str:
+    """The CPU's dtype when none is asked for: float32 (exact, fastest on a CPU) while its
+    weights take at most half the memory available, else bfloat16 (half the bytes; E5-V in fp32
+    is 33 GB, so a 16-32 GB laptop gets bfloat16). `check --dtype bfloat16` measures the drift."""
+    return "float32" if 4 * parameters <= available_bytes // 2 else "bfloat16"
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux's MemAvailable; else all of it)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dict:
     """The spec an encoder would report, read from the checkpoint's config alone."""
     import transformers
     from transformers import LlavaNextConfig
 
     config = LlavaNextConfig.from_pretrained(model, revision=revision)
-    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    device = resolve_device(device)
+    if dtype is None and device == "cpu":  # the rule the workers' load_pretrained applies
+        dtype = cpu_dtype(estimated_parameters(config), available_memory())
+    torch_dtype = resolve_dtype(dtype, device)
     revision = revision or getattr(config, "_commit_hash", None)
     return {
         "model": str(model),
@@ -107,6 +146,8 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False)
     )
 
     device = resolve_device(device)
+    if dtype is None and device == "cpu":
+        dtype = _cpu_dtype_for(model, revision)
     torch_dtype = resolve_dtype(dtype, device)
     model_class = LlavaNextForConditionalGeneration if full else LlavaNextModel
     try:
@@ -411,6 +452,25 @@ class E5VEncoder:
         hidden = self.model(**inputs, use_cache=False).last_hidden_state
         rows = torch.arange(len(lengths), device=hidden.device)
         return F.normalize(hidden[rows, lengths.to(hidden.device) - 1].float(), dim=-1)
+
+
+def _cpu_dtype_for(model, revision) -> str | None:
+    """float32 or bfloat16 by `cpu_dtype`'s rule, said once in a log line when bfloat16."""
+    from transformers import LlavaNextConfig
+
+    try:
+        config = LlavaNextConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError):
+        return None  # from_pretrained below names the problem
+    parameters, available = estimated_parameters(config), available_memory()
+    chosen = cpu_dtype(parameters, available)
+    if chosen == "bfloat16":
+        logging.getLogger(__name__).warning(
+            "loading %s in bfloat16 on the CPU: in float32 its %.1f GB of weights would take "
+            "over half of the %.1f GB available (--dtype float32 to insist)",
+            model, 4 * parameters / 1e9, available / 1e9,
+        )  # fmt: skip
+    return chosen
 
 
 @contextmanager

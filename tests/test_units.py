@@ -111,3 +111,25 @@ def test_the_pixel_cap_refuses_before_decoding(tmp_path):
         load_image(tmp_path / "big.png", max_pixels=10_000)
     with pytest.raises(InputError, match="is a directory"):
         load_image(tmp_path)
+
+
+def test_a_checkpoint_too_big_for_fp32_in_ram_loads_in_bf16_on_a_cpu():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
+
+    from e5v_search.encoder import cpu_dtype, estimated_parameters
+
+    e5v = LlavaNextConfig(
+        text_config=LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                num_hidden_layers=32, num_attention_heads=32,
+                                num_key_value_heads=8),
+        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
+                                       num_hidden_layers=24, num_attention_heads=16,
+                                       image_size=336, patch_size=14),
+    )  # fmt: skip
+    parameters = estimated_parameters(e5v)
+    assert abs(parameters - 8.36e9) / 8.36e9 < 0.01  # E5-V: 8.36 B parameters
+    gib = 2**30
+    assert cpu_dtype(parameters, 16 * gib) == "bfloat16"  # a laptop: 33 GB of fp32 cannot fit
+    assert cpu_dtype(parameters, 32 * gib) == "bfloat16"
+    assert cpu_dtype(parameters, 128 * gib) == "float32"  # a server keeps exact fp32
+    assert cpu_dtype(2_000_000, 1 * gib) == "float32"  # the tiny checkpoint, as the tests run it
