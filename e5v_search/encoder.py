@@ -279,7 +279,11 @@ class E5VEncoder:
         images = _as_list(images, object, "images")
         if prompt.count(prompts.IMAGE_TOKEN) != 1:
             raise InputError("an image prompt needs exactly one <image> placeholder")
-        around = len(self.tokenizer(prompt).input_ids) - 1  # the prompt less its <image>
+        around = (  # the prompt's tokens less its <image>
+            self._image_prompt_tokens
+            if prompt == prompts.IMAGE_PROMPT
+            else len(self.tokenizer(prompt).input_ids) - 1
+        )
         counts = self.count_image_tokens([image_size(image) for image in images])
         requests = [
             _Request(prompt, around + n, image=image)

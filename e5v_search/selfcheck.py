@@ -187,8 +187,10 @@ def _recipe(model, processor, texts, images, device) -> np.ndarray:
 
 
 def _engine_tokens(encoder, images) -> list[int]:
+    from .images import image_size
+
     texts = [len(encoder.tokenizer(prompts.text_prompt(t)).input_ids) for t in TEXTS]
-    sizes = [encoder.preprocessor.prepare_image(path).size for _, path in images]
+    sizes = [image_size(path) for _, path in images]  # from the header, EXIF applied
     counts = encoder.count_image_tokens(sizes)
     return texts + [encoder.preprocessor.image_prompt_tokens + n for n in counts]
 

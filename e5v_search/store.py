@@ -174,6 +174,7 @@ class Store:
                 self.manifest, self.indexes, self._gpu = manifest, {}, {}
                 self._dirty.clear()
                 self.damaged.clear()
+                self.repairs = []  # what the new files need, not what the old ones did
                 self._load()
                 return True
             seq = self.catalog.seq
@@ -244,7 +245,7 @@ class Store:
             elif covered < seq:
                 self._catch_up(modality, covered)
             held = self.indexes[modality].ntotal
-            stored = self.catalog.count(modality)
+            stored = self.catalog.count(modality)  # again: the catch-up read newer commits
             if held != stored:
                 why = f"{file.name} holds {held} vectors, the catalog {stored}"
                 self._rebuild(modality, self._factory_of(modality), why)
