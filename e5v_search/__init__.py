@@ -3,7 +3,17 @@
 Importing the package stays light (no torch, no transformers): heavy modules load on first use.
 """
 
-from .errors import E5VSearchError, EmbeddingError, InputError, ModelLoadError
+from .errors import (
+    E5VSearchError,
+    EmbeddingError,
+    IndexBuildError,
+    IndexBusyError,
+    IndexDamagedError,
+    IndexNotFoundError,
+    InputError,
+    ModelLoadError,
+    SpecMismatchError,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -11,15 +21,20 @@ __all__ = [
     "E5VSearchError",
     "EmbeddingError",
     "Engine",
+    "IndexBuildError",
+    "IndexBusyError",
+    "IndexDamagedError",
+    "IndexNotFoundError",
     "InputError",
     "ModelLoadError",
+    "SpecMismatchError",
     "__version__",
 ]
 
 
 def __getattr__(name):
     if name == "E5VEncoder":
-        from .encoder import E5VEncoder
+        from .model.encoder import E5VEncoder
 
         return E5VEncoder
     if name == "Engine":

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from .config import DEFAULT_MODEL
+from .config import (
+    DEFAULT_MODEL,
+    LOCK_TIMEOUT,
+    MAX_BATCH_TOKENS,
+    MAX_K,
+    MAX_PIXELS,
+    MAX_UPLOAD_BYTES,
+    index_path,
+)
 from .errors import E5VSearchError, InputError
-
-MAX_K = 10_000  # results per query: beyond this, page through a filter instead
 
 
 def model_options(command):
@@ -53,7 +58,7 @@ def model_options(command):
             "--max-batch-tokens",
             envvar="E5V_MAX_BATCH_TOKENS",
             type=click.IntRange(min=1),
-            default=16384,
+            default=MAX_BATCH_TOKENS,
             show_default=True,
             help="Token budget of one forward pass (padded tokens; an image is 1,176-2,928).",
         ),
@@ -71,14 +76,6 @@ def index_option(command):
     )(command)
 
 
-def _index_path(value: str) -> Path:
-    """A bare name (no slash) that is not an existing folder means indexes/NAME."""
-    path = Path(value).expanduser()
-    if "/" not in value and os.sep not in value and not path.is_dir():
-        return Path("indexes") / value
-    return path
-
-
 def lock_option(command):
     """How long a writing command waits for another process's write to the same index."""
 
@@ -89,7 +86,7 @@ def lock_option(command):
         "--lock-timeout",
         envvar="E5V_LOCK_TIMEOUT",
         type=click.FloatRange(min=0),
-        default=600,
+        default=LOCK_TIMEOUT,
         show_default=True,
         expose_value=False,
         callback=remember,
@@ -102,7 +99,7 @@ def _open_engine(index, create=False, **model_args):
 
     meta = click.get_current_context().meta
     return Engine.open(
-        _index_path(index),
+        index_path(index),
         create=create,
         lock_timeout=meta.get("lock_timeout"),
         on_wait=lambda message: click.echo(f"{message} ...", err=True),
@@ -110,17 +107,10 @@ def _open_engine(index, create=False, **model_args):
     )
 
 
-def _load_encoder(model, revision, device, dtype, batch_size, max_batch_tokens):
-    from .encoder import E5VEncoder
+def _load_encoder(**model_args):
+    from .model.encoder import ModelChoice
 
-    return E5VEncoder.from_pretrained(
-        model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-    )
+    return ModelChoice(**model_args).load()
 
 
 def _errors_to_click(function):
@@ -198,7 +188,7 @@ def check(as_json, **model_args):
     """
     from dataclasses import asdict
 
-    from .selfcheck import run_check
+    from .model.check import run_check
 
     options = {k: model_args.pop(k) for k in ("batch_size", "max_batch_tokens")}
     report = run_check(**model_args, **options)
@@ -223,7 +213,7 @@ def check(as_json, **model_args):
 @click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
 @click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="Refuse larger images (decompression bombs).")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
 @click.option(
@@ -253,13 +243,13 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, qui
 
     ray = None
     if use_ray:
-        from .distributed import RayOptions
+        from .ingest.ray_backend import RayOptions
 
         ray = RayOptions(address=address, gpus=gpus, cpu_actors=ray_actors)
     elif address or gpus is not None:
         raise click.UsageError("--address and --gpus go with --ray")
     with _open_engine(index, create=True, **model_args) as engine:
-        _echo_repairs(engine)
+        _echo_notices(engine)
         report = engine.ingest(
             sources,
             ray=ray,
@@ -271,6 +261,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, qui
             on_error=report_error,
             progress=False if quiet else None,
         )
+        _echo_notices(engine)
     if not quiet:
         click.echo(
             f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
@@ -323,6 +314,7 @@ def search(
             query, image, like=like, k=k, modality=modality, where=where or filters or None,
             add=add, subtract=subtract,
         )  # fmt: skip
+        _echo_notices(engine)
     for rank, result in enumerate(results, start=1):
         if as_json:
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -339,7 +331,7 @@ def search(
 def info(index, as_json):
     """Counts per modality, the embedding spec, index types and sizes."""
     with _open_engine(index) as engine:
-        _echo_repairs(engine)
+        _echo_notices(engine)
         data = engine.info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -375,17 +367,12 @@ def info(index, as_json):
 @_errors_to_click
 def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     """Rebuild the FAISS indexes from the stored vectors (no model, no re-encoding)."""
-    from .ondisk import parse_bytes
-
     if factory and max_memory:
         raise click.UsageError("give --type or --max-memory, not both")
-    budget = parse_bytes(max_memory) if max_memory else None
-    if budget is not None and budget < 10**6:
-        raise click.UsageError(f"--max-memory {max_memory}: give at least 1MB (8GB, 512MiB)")
     with _open_engine(index) as engine:
-        _echo_repairs(engine)
+        _echo_notices(engine)
         built = engine.rebuild(
-            factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
+            factory, nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, rerank=rerank
         )
         for s in built:
             click.echo(f"{s['modality']}: {s['factory']}, {s['vectors']} vectors in "
@@ -434,7 +421,12 @@ def errors(index, as_json):
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--max-upload-mb",
+    default=MAX_UPLOAD_BYTES // 2**20,
+    show_default=True,
+    type=click.IntRange(min=1),
+)
 @model_options
 @_errors_to_click
 def serve(index, host, port, max_upload_mb, **model_args):
@@ -444,14 +436,14 @@ def serve(index, host, port, max_upload_mb, **model_args):
     """
     import uvicorn
 
-    from .server import create_app
+    from .serving.app import create_app
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who reaches it can search", err=True)
     engine = _open_engine(index, **model_args)
-    _echo_repairs(engine)
     app = create_app(engine, max_upload_bytes=max_upload_mb * 2**20)
-    click.echo(f"e5v-search on http://{host}:{port}/ (index {engine.store.path})", err=True)
+    _echo_notices(engine)
+    click.echo(f"e5v-search on http://{host}:{port}/ (index {engine.path})", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
@@ -495,6 +487,7 @@ def retrieval(images, captions, split, image_field, caption_field, paper, index,
     pairs = load_pairs(captions, split, image_field, caption_field)
     with _eval_engine(index, model_args) as engine:
         report = evaluate_retrieval(engine, pairs, images)
+        _echo_notices(engine)
     report.paper = paper or report.paper
     click.echo(report.table())
 
@@ -512,6 +505,7 @@ def composed(images, triples, index, **model_args):
 
     with _eval_engine(index, model_args) as engine:
         report = evaluate_composed(engine, load_triples(triples), images)
+        _echo_notices(engine)
     click.echo(report.table())
 
 
@@ -530,7 +524,7 @@ def index_recall(index, sample, k):
 
 
 def _filters(pairs) -> dict:
-    from .catalog import parse_filters  # here: `--help` stays free of numpy and SQLite
+    from .storage.catalog import parse_filters  # here: `--help` stays free of numpy and SQLite
 
     return parse_filters(pairs)
 
@@ -543,9 +537,10 @@ def _describe(result) -> str:
     return str(result.source)
 
 
-def _echo_repairs(engine) -> None:
-    for line in engine.store.repairs:
-        click.echo(f"repaired: {line}", err=True)
+def _echo_notices(engine) -> None:
+    """What the engine learnt (repairs, notes), each line once, on stderr."""
+    for line in engine.notices():
+        click.echo(line, err=True)
 
 
 if __name__ == "__main__":

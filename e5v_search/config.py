@@ -1,9 +1,33 @@
-"""Defaults shared by the library, the CLI and the scripts, each overridable by the environment."""
+"""Defaults shared by the library, the CLI and the scripts, and where things live on disk.
+
+Light on purpose (standard library only): `e5v-search --help` imports it.
+"""
 
 import os
 from pathlib import Path
 
 DEFAULT_MODEL = "royokong/e5-v"
+MAX_BATCH_TOKENS = 16384  # padded tokens in one forward pass; an image is 1,176-2,928
+MAX_PIXELS = 100_000_000  # 100 MP: past any camera; PIL itself refuses above ~179 MP
+MAX_UPLOAD_BYTES = 20 * 2**20  # the server's upload limit
+LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
+MAX_K = 10_000  # results per query: beyond this, page through a filter instead
+INDEXES = Path("indexes")  # home of named indexes
+
+
+def default_workers() -> int:
+    """Image decoding threads: one per core, at most 8 (past that the model is the bottleneck)."""
+    return min(8, os.cpu_count() or 1)
+
+
+def index_path(value: str | Path) -> Path:
+    """Where an index lives: a bare name (no slash) that is not an existing folder means
+    indexes/NAME; anything else is a directory path. Every command and script resolves with it."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if "/" not in text and os.sep not in text and not path.is_dir():
+        return INDEXES / text
+    return path
 
 
 def cache_home() -> Path:

@@ -1,9 +1,12 @@
-"""Engine: an index directory plus the encoder, behind the calls a user makes.
+"""Engine: an index directory plus the encoder, behind every call a user (or a shell) makes.
 
     engine = Engine.open("indexes/photos", model="royokong/e5-v")
     report = engine.ingest(["~/photos", "captions.jsonl"])
     results = engine.search(text="a dog on a beach", k=10)
 
+The CLI, the server and evaluation go through the engine only: it embeds queries, searches by
+text, image, stored item or vector, returns items and counts, and collects what it learns on the
+way (index repairs, checkpoint repairs, spec notes) for the shell to show once (`notices()`).
 The model loads only when something must be embedded: a rerun over an unchanged corpus, `info`,
 `delete` and "more like this" searches never load it.
 """
@@ -16,12 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import MODALITIES, metadata_filter
-from .config import DEFAULT_MODEL
-from .errors import E5VSearchError, InputError
-from .images import IMAGE_EXTENSIONS
-from .ingest import Ingestion
-from .store import Store
+from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS
+from .errors import InputError
+from .ingest.run import Ingestion
+from .model.images import IMAGE_EXTENSIONS
+from .spec import Spec
+from .storage.catalog import MODALITIES, metadata_filter
+from .storage.store import Store
+
+# What a query returns when its caller does not say: the other modality (a text finds images);
+# "more like" a stored item returns items of its own modality.
+TARGET_OF = {"text": "image", "image": "text", "composed": "image"}
 
 
 @dataclass
@@ -58,13 +66,15 @@ class IngestReport:
 
 
 class Engine:
-    def __init__(self, store: Store, model: str, encoder_options: dict):
+    def __init__(self, store: Store, choice, encoder=None):
+        from .model.encoder import ModelChoice
+
         self.store = store
-        self.model = model
-        self.encoder_options = encoder_options
-        self._encoder = None
-        self._spec = None
-        self.notes: list[str] = []
+        self.choice: ModelChoice = choice
+        self._encoder = encoder
+        self._spec: Spec | None = None
+        self._accepted: dict[Spec, list[str]] = {}  # specs checked against the index: notes
+        self._shown: set[str] = set()
 
     @classmethod
     def open(
@@ -85,13 +95,13 @@ class Engine:
         """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one.
         A write waits up to `lock_timeout` seconds for another process's write to finish,
         calling `on_wait` once with a message naming it."""
-        options = {"revision": revision, "device": device, "dtype": dtype, "batch_size": batch_size}
-        if max_batch_tokens:
-            options["max_batch_tokens"] = max_batch_tokens
+        from .model.encoder import ModelChoice
+
+        choice = ModelChoice(
+            str(model), revision, device, dtype, batch_size, max_batch_tokens or MAX_BATCH_TOKENS
+        )
         store = Store.open(path, create=create, lock_timeout=lock_timeout, on_wait=on_wait)
-        engine = cls(store, model, options)
-        engine._encoder = encoder
-        return engine
+        return cls(store, choice, encoder)
 
     def close(self) -> None:
         self.store.close()
@@ -103,20 +113,38 @@ class Engine:
         self.close()
 
     @property
-    def encoder(self):
-        if self._encoder is None:
-            from .encoder import E5VEncoder
+    def path(self) -> Path:
+        return self.store.path
 
-            self._encoder = E5VEncoder.from_pretrained(self.model, **self.encoder_options)
+    @property
+    def encoder(self):
+        """The encoder, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = self.choice.load()
         return self._encoder
 
-    def spec(self) -> dict:
-        """The encoder's spec, checked against the index's (once): a mismatch raises."""
+    def spec(self) -> Spec:
+        """The encoder's spec, checked against the index's once: a mismatch raises."""
         if self._spec is None:
-            spec = self.encoder.spec()
-            self.notes = self.store.catalog.check_spec(spec)
-            self._spec = spec
+            self._spec = self._accept(self.encoder.spec())
         return self._spec
+
+    def _accept(self, spec: Spec) -> Spec:
+        """The one check of a spec against the index (SpecMismatchError, or notes to show)."""
+        if spec not in self._accepted:
+            self._accepted[spec] = self.store.catalog.check_spec(spec)
+        return spec
+
+    def notices(self) -> list[str]:
+        """What the engine learnt that the user should hear, each line once: index files
+        repaired, checkpoint traps repaired, harmless spec differences."""
+        lines = [f"repaired: {line}" for line in self.store.repairs]
+        if self._encoder is not None:
+            lines += [f"model: {line}" for line in getattr(self._encoder, "repairs", [])]
+        lines += [f"note: {line}" for notes in self._accepted.values() for line in notes]
+        new = [line for line in lines if line not in self._shown]
+        self._shown.update(new)
+        return new
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -135,28 +163,58 @@ class Engine:
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
-        `ray` (a distributed.RayOptions) runs the work on Ray Data instead of local threads."""
+        `ray` (a ray_backend.RayOptions) runs the work on Ray Data instead of local threads."""
         started = time.perf_counter()
         report = IngestReport()
-        run = Ingestion(
-            self,
-            report,
-            workers=workers,
-            on_error=on_error,
-            progress=progress,
-            max_pixels=max_pixels,
-        )
-        backend = None
         if ray is not None:
-            from .distributed import RayBackend
+            from .ingest.ray_backend import SHARDS, RayBackend
 
-            backend = RayBackend(run, ray)
+            backend = RayBackend(self.path / SHARDS, self.choice, ray, max_pixels, progress)
+
+            def spec() -> Spec:
+                if self._spec is None:
+                    self._spec = self._accept(backend.spec())
+                return self._spec
+        else:
+            from .ingest.threads import ThreadBackend
+
+            backend = ThreadBackend(lambda: self.encoder, workers, max_pixels)
+            spec = self.spec
+        run = Ingestion(
+            self.store, spec, backend, report, workers=workers, on_error=on_error, progress=progress
+        )
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
-            run.run(sources, text_field=text_field, id_field=id_field, prune=prune,
-                    backend=backend)  # fmt: skip
+            run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
         report.seconds = time.perf_counter() - started
         return report
+
+    def add_embedded(self, records: list[dict], vectors, prompt_version: str) -> list[int]:
+        """Store vectors this engine's encoder made with another prompt (evaluation's CIRR
+        gallery): items as the catalog takes them, the spec saying which prompt."""
+        spec = self._accept(self.encoder.spec().with_prompt(prompt_version))
+        with self.store.writing("add"):
+            return self.store.add(records, np.asarray(vectors, dtype=np.float32), spec)
+
+    # -- embedding queries ---------------------------------------------------------------------
+
+    def embed_texts(self, texts, progress=None) -> np.ndarray:
+        self.spec()
+        return self.encoder.embed_texts(list(texts), progress=progress)
+
+    def embed_images(self, images, *, prompt=None, progress=None, workers=0) -> np.ndarray:
+        """Images (paths or PIL images) with E5-V's image prompt, or another `prompt` of the
+        same form (CIRR's gallery prompt); `workers` decoding threads (None: one per core)."""
+        self.spec()
+        options = {"prompt": prompt} if prompt else {}
+        return self.encoder.embed_images(
+            list(images), progress=progress, workers=workers, **options
+        )
+
+    def embed_composed(self, images, texts, progress=None) -> np.ndarray:
+        """E5-V's image+text query: an image and how to change it."""
+        self.spec()
+        return self.encoder.embed_composed(list(images), list(texts), progress=progress)
 
     # -- search --------------------------------------------------------------------------------
 
@@ -166,8 +224,6 @@ class Engine:
         image=None,
         *,
         like: int | None = None,
-        vector=None,
-        vector_of: str = "text",
         k: int = 10,
         modality: str | None = None,
         where: str | dict | None = None,
@@ -178,53 +234,81 @@ class Engine:
         """Top-k items for a text, an image, both (E5-V's composed query) or a stored item
         (`like`), optionally moved towards `add` and away from `subtract` queries (texts, image
         paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
-        ("any" searches both); `where` is SQL on the items table or a {metadata key: value} dict.
-        `vector` is a query already embedded (from a `vector_of` query: text, image, composed)."""
-        if vector is not None:
-            query = np.asarray(vector, dtype=np.float32)
-            own = "text" if vector_of == "image" else "image"
-        else:
-            query, own = self._query_vector(text, image, like)
+        ("any" searches both); `where` is SQL on the items table or a {metadata key: value}
+        dict."""
+        query, target = self._query_vector(text, image, like)
         for terms, sign in ((add, 1.0), (subtract, -1.0)):
             for term in terms:
                 value, weight = term if isinstance(term, tuple) else (term, 1.0)
                 query = query + sign * float(weight) * self._term_vector(value)
+        results = self.search_vector(
+            query, target=modality or target, k=k + (like is not None), where=where, params=params
+        )
+        return [r for r in results if r.id != like][:k]
+
+    def search_vector(
+        self, vector, *, target: str, k: int = 10, where=None, params=()
+    ) -> list[Result]:
+        """Top-k items for a query already embedded; `target` is the modality to return
+        (image, text or any): see TARGET_OF for what a query of each kind usually wants."""
+        query = np.asarray(vector, dtype=np.float32)
         norm = np.linalg.norm(query)
         if norm == 0:
-            raise InputError("the added and subtracted queries cancel out")
-        modality = own if modality is None else (None if modality == "any" else modality)
+            raise InputError("the query vector is zero (added and subtracted queries cancel out?)")
         if isinstance(where, dict):
             where, params = metadata_filter(where)
-        k_search = k + 1 if like is not None else k
-        hits = self.store.search(query / norm, k_search, modality, where, params)[0]
-        hits = [h for h in hits if h.id != like][:k]
-        rows = {row["id"]: row for row in self.store.catalog.get([h.id for h in hits])}
+        hits = self.search_vectors(query / norm, k, target, where=where, params=params)[0]
+        rows = {row["id"]: row for row in self.items([h.id for h in hits])}
         return [_result(h, rows[h.id]) for h in hits if h.id in rows]
 
-    def _query_vector(self, text, image, like) -> tuple[np.ndarray, str | None]:
+    def search_vectors(self, queries, k: int, target: str, *, where=None, params=(), among=None):
+        """Hits (id, score, modality) per query row, best first: the batch form evaluation
+        uses; `among` restricts the search to those item ids."""
+        modality = None if target == "any" else target
+        return self.store.search(queries, k, modality, where, params, among=among)
+
+    def _query_vector(self, text, image, like) -> tuple[np.ndarray, str]:
         given = sum(x is not None for x in (text, image)) + (like is not None)
         if not given or (like is not None and given > 1):
             raise InputError("give a text, an image, both, or the id of a stored item (like)")
         if like is not None:
-            rows = self.store.catalog.get([like])
+            rows = self.items([like])
             if not rows:
                 raise InputError(f"no item with id {like} in this index")
-            return self.store.catalog.vectors([like])[0], rows[0]["modality"]
+            return self.vectors([like])[0], rows[0]["modality"]  # more of the same kind
         if text is not None and not str(text).strip():
             raise InputError("the query text is empty")
-        self.spec()
         if text is not None and image is not None:
-            return self.encoder.embed_composed([image], [text])[0], "image"
+            return self.embed_composed([image], [text])[0], TARGET_OF["composed"]
         if text is not None:
-            return self.encoder.embed_texts([text])[0], "image"
-        return self.encoder.embed_images([image], workers=0)[0], "text"
+            return self.embed_texts([text])[0], TARGET_OF["text"]
+        return self.embed_images([image])[0], TARGET_OF["image"]
 
     def _term_vector(self, value) -> np.ndarray:
-        self.spec()
         path = Path(str(value)).expanduser()
         if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            return self.encoder.embed_images([path], workers=0)[0]
-        return self.encoder.embed_texts([str(value)])[0]
+            return self.embed_images([path])[0]
+        return self.embed_texts([str(value)])[0]
+
+    # -- items ---------------------------------------------------------------------------------
+
+    def items(self, ids) -> list[dict]:
+        """The stored items with these ids (unknown ids are left out), in id order."""
+        return self.store.catalog.get(ids)
+
+    def vectors(self, ids) -> np.ndarray:
+        return self.store.catalog.vectors(ids)
+
+    def ids_of(self, keys: list[tuple[str, str]]) -> list[int | None]:
+        """The id of the item stored for each (source, locator) key, None where there is none."""
+        rows = self.store.catalog.lookup(keys)
+        return [rows[key]["id"] if key in rows else None for key in keys]
+
+    def counts(self) -> dict[str, int]:
+        return {m: self.store.catalog.count(m) for m in MODALITIES}
+
+    def errors(self) -> list[dict]:
+        return self.store.catalog.errors()
 
     # -- maintenance ---------------------------------------------------------------------------
 
@@ -234,12 +318,21 @@ class Engine:
         return info
 
     def rebuild(self, factory=None, *, nprobe=None, ef_search=None, max_memory=None, rerank=None):
-        """Rebuild from the stored vectors; see Store.rebuild."""
+        """Rebuild from the stored vectors (no model); see Store.rebuild. `max_memory`: bytes,
+        or a size such as "8GB" or "512MiB"."""
+        from .storage.ondisk import parse_bytes
+
+        if factory and max_memory:
+            raise InputError("give a FAISS type or a memory budget, not both")
+        budget = parse_bytes(max_memory) if isinstance(max_memory, str) else max_memory
+        if budget is not None and budget < 10**6:
+            raise InputError(f"max memory {max_memory}: give at least 1MB (8GB, 512MiB)")
         return self.store.rebuild(
-            factory, nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, rerank=rerank
+            factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
         )
 
     def recall(self, k: int = 10, sample: int = 200) -> dict[str, float]:
+        """Each index's recall@k against exact search (faiss_ops.neighbour_recall)."""
         return self.store.recall(k=k, sample=sample)
 
     def delete(self, ids=(), source_prefix: str | None = None, where=None, params=()) -> int:
@@ -260,9 +353,6 @@ class Engine:
         """Follow what other processes committed (see Store.refresh); True if anything did."""
         return self.store.refresh()
 
-    def errors(self) -> list[dict]:
-        return self.store.catalog.errors()
-
 
 def _result(hit, row) -> Result:
     return Result(
@@ -276,4 +366,4 @@ def _result(hit, row) -> Result:
     )
 
 
-__all__ = ["Engine", "E5VSearchError", "IngestReport", "MODALITIES", "Result"]
+__all__ = ["Engine", "IngestReport", "Result", "TARGET_OF"]

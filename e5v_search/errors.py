@@ -22,3 +22,23 @@ class EmbeddingError(E5VSearchError):
         super().__init__(message)
         self.indices = indices
         self.vectors = vectors
+
+
+class SpecMismatchError(E5VSearchError):
+    """Vectors made with another model, revision, size or prompt than the index holds."""
+
+
+class IndexNotFoundError(E5VSearchError):
+    """No index at the given directory."""
+
+
+class IndexDamagedError(E5VSearchError):
+    """A file of the index is damaged in a way that cannot be repaired on the spot."""
+
+
+class IndexBusyError(E5VSearchError):
+    """Another process holds the index's writer lock for longer than we may wait."""
+
+
+class IndexBuildError(E5VSearchError):
+    """The index type cannot be built from these vectors (bad factory string, too few vectors)."""

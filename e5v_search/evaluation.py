@@ -9,7 +9,6 @@ order for Flat), the same rule `rank()` applies for brute-force scores.
 
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -78,8 +77,9 @@ def recall_at_k(ranked: list[list[int]], relevant: list[set[int]], ks=KS) -> dic
 
 def rank(scores: np.ndarray, ids: np.ndarray, k: int) -> list[list[int]]:
     """Top-k ids per row of a (queries x items) score matrix; ties keep the items' order."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return ids[order].tolist()
+    from .storage.faiss_ops import top_k
+
+    return top_k(scores, ids, k)[1].tolist()
 
 
 # -- datasets --------------------------------------------------------------------------------
@@ -121,21 +121,19 @@ def load_triples(path: str | Path) -> Triples:
 
 
 def _rows(path: Path) -> list[dict]:
+    """Every record of a .jsonl / .csv file; the first bad one stops the evaluation."""
+    from .ingest.sources import SourceError, read_records
+
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f))
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as error:
-                    raise InputError(f"{path} line {number}: not valid JSON ({error})") from error
-        return rows
-    raise InputError(f"{path}: use a .jsonl, .csv or Karpathy .json file")
+    if path.suffix.lower() not in (".jsonl", ".csv"):
+        raise InputError(f"{path}: use a .jsonl, .csv or Karpathy .json file")
+    rows = []
+    for row in read_records(str(path)):
+        if isinstance(row, SourceError):
+            raise InputError(str(row))
+        rows.append(row[1])
+    return rows
 
 
 def _karpathy(path: Path, split: str) -> Pairs:
@@ -162,11 +160,13 @@ def _karpathy(path: Path, split: str) -> Pairs:
 
 
 def open_index(index, model: str, **options):
-    """The engine for an evaluation: a named index (kept, reruns skip embedding) or a
-    throwaway one in a temporary directory."""
+    """The engine for an evaluation: an index (a name for indexes/NAME or a directory, as every
+    command takes it; kept, so reruns skip embedding) or a throwaway one in a temporary
+    directory."""
+    from .config import index_path
     from .engine import Engine
 
-    path = Path(index) if index else Path(tempfile.mkdtemp(prefix="e5v-eval-"))
+    path = index_path(index) if index else Path(tempfile.mkdtemp(prefix="e5v-eval-"))
     return Engine.open(path, model=model, create=True, **options)
 
 
@@ -180,7 +180,7 @@ def evaluate_retrieval(engine, pairs: Pairs, images_dir: str | Path, progress=No
         raise InputError(
             f"{len(missing)} images of the captions file are not in {images_dir}: {missing[0]}"
         )
-    captions_file = engine.store.path / "eval-captions.jsonl"
+    captions_file = engine.path / "eval-captions.jsonl"
     captions_file.write_text(
         "".join(json.dumps({"text": c, "n": i, "image": pairs.images[o]}) + "\n"
                 for i, (c, o) in enumerate(zip(pairs.captions, pairs.caption_image, strict=True)))
@@ -188,14 +188,14 @@ def evaluate_retrieval(engine, pairs: Pairs, images_dir: str | Path, progress=No
     report = engine.ingest(image_paths + [str(captions_file)], id_field="n", progress=progress)
     if report.failed:
         raise InputError(f"{report.failed} inputs could not be ingested: {report.errors[0]}")
-    catalog = engine.store.catalog
-    image_ids = _ids_by_source(catalog, image_paths)
-    caption_ids = _ids_by_locator(catalog, str(captions_file.resolve()), len(pairs.captions))
+    image_ids = engine.ids_of([(p, "") for p in image_paths])
+    source = str(captions_file.resolve())
+    caption_ids = engine.ids_of([(source, f"id={i}") for i in range(len(pairs.captions))])
     caption_image_ids = [image_ids[o] for o in pairs.caption_image]
     k = max(KS)
     # `among` restricts each search to this dataset's items, in an index that holds others too.
-    t2i = engine.store.search(catalog.vectors(caption_ids), k, "image", among=image_ids)
-    i2t = engine.store.search(catalog.vectors(image_ids), k, "text", among=caption_ids)
+    t2i = engine.search_vectors(engine.vectors(caption_ids), k, "image", among=image_ids)
+    i2t = engine.search_vectors(engine.vectors(image_ids), k, "text", among=caption_ids)
     captions_of: dict[int, set[int]] = {i: set() for i in image_ids}
     for caption_id, image_id in zip(caption_ids, caption_image_ids, strict=True):
         captions_of[image_id].add(caption_id)
@@ -224,12 +224,12 @@ def evaluate_composed(engine, triples: Triples, images_dir: str | Path, progress
             f"{len(missing)} images of the triples file are not in {images_dir}: {missing[0]}"
         )
     with _cirr_gallery(engine, paths, progress) as gallery:
-        ids = dict(zip(names, _ids_by_source(gallery.catalog, paths), strict=True))
-        queries = engine.encoder.embed_composed(
+        ids = dict(zip(names, gallery.ids_of([(p, "") for p in paths]), strict=True))
+        queries = engine.embed_composed(
             [images_dir / r for r in triples.references], triples.texts, progress=progress
         )
         k = max(KS)
-        hits = gallery.search(queries, k + 1, "image")
+        hits = gallery.search_vectors(queries, k + 1, "image")
     ranked = [
         [h.id for h in row if h.id != ids[ref]][:k]
         for row, ref in zip(hits, triples.references, strict=True)
@@ -241,26 +241,18 @@ def evaluate_composed(engine, triples: Triples, images_dir: str | Path, progress
 
 
 def _cirr_gallery(engine, paths: list[str], progress):
-    """The gallery index, with every path in it embedded with the CIRR gallery prompt."""
-    from .prompts import CIRR_GALLERY_PROMPT, CIRR_GALLERY_VERSION
-    from .store import Store
+    """The gallery index (an engine sharing the encoder), every path in it embedded with the
+    CIRR gallery prompt."""
+    from .engine import Engine
+    from .model.prompts import CIRR_GALLERY_PROMPT, CIRR_GALLERY_VERSION
 
-    spec = {**engine.spec(), "prompt_version": CIRR_GALLERY_VERSION}
-    gallery = Store.open(engine.store.path / "cirr-gallery", create=True)
-    known = gallery.catalog.lookup([(p, "") for p in paths])
-    new = [p for p in paths if (p, "") not in known]
+    gallery = Engine.open(engine.path / "cirr-gallery", create=True, encoder=engine.encoder)
+    new = [p for p, known in zip(paths, gallery.ids_of([(p, "") for p in paths]), strict=True)
+           if known is None]  # fmt: skip
     if new:
-        vectors = engine.encoder.embed_images(new, prompt=CIRR_GALLERY_PROMPT, progress=progress)
-        gallery.add([{"modality": "image", "source": p} for p in new], vectors, spec)
-        gallery.save()
+        vectors = engine.embed_images(
+            new, prompt=CIRR_GALLERY_PROMPT, progress=progress, workers=None
+        )
+        records = [{"modality": "image", "source": p} for p in new]
+        gallery.add_embedded(records, vectors, CIRR_GALLERY_VERSION)
     return gallery
-
-
-def _ids_by_source(catalog, paths: list[str]) -> list[int]:
-    rows = catalog.lookup([(p, "") for p in paths])
-    return [rows[(p, "")]["id"] for p in paths]
-
-
-def _ids_by_locator(catalog, source: str, n: int) -> list[int]:
-    rows = catalog.lookup([(source, f"id={i}") for i in range(n)])
-    return [rows[(source, f"id={i}")]["id"] for i in range(n)]

@@ -72,7 +72,7 @@ def train(
     import torch
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
-    from .encoder import E5VEncoder
+    from .model.encoder import E5VEncoder
     from .testing import _cut_vocabulary, _make_legacy_configs, _quiet_progress
     from .testing import build_tiny_checkpoint as build
 
@@ -126,8 +126,8 @@ def train(
 
 
 def _text_inputs(encoder, texts: list[str]) -> dict:
-    from . import prompts
-    from .encoder import _right_pad
+    from .model import prompts
+    from .model.encoder import _right_pad
 
     encoded = encoder._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
     return _right_pad([ids for _, ids in encoded], encoder.tokenizer.pad_token_id)

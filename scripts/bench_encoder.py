@@ -23,9 +23,9 @@ import numpy as np
 from benchlib import PeakMemory, gib, machine, record
 from PIL import Image, ImageDraw
 
-from e5v_search.encoder import E5VEncoder
 from e5v_search.memory import is_allocation_failure
-from e5v_search.reference import recipe_embed_images, recipe_embed_texts
+from e5v_search.model.encoder import E5VEncoder
+from e5v_search.model.recipe import recipe_embed_images, recipe_embed_texts
 from e5v_search.testing import cached_tiny_checkpoint
 
 WORDS = "a dog cat man woman runs sits on the grass snow beach near red blue car tree".split()

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from benchlib import PeakMemory, gib, machine, record
 
-from e5v_search import index as fx
-from e5v_search.store import Store
+from e5v_search.spec import Spec
+from e5v_search.storage import faiss_ops as fx
+from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 4096
-SPEC = {"model": "synthetic", "revision": None, "dim": DIM, "dtype": "float32",
-        "prompt_version": "e5v-1", "transformers": "-"}  # fmt: skip
+SPEC = Spec(**{"model": "synthetic", "revision": None, "dim": DIM, "dtype": "float32",
+        "prompt_version": "e5v-1", "transformers": "-"})  # fmt: skip
 
 
 def write_rate(path: Path, vectors: np.ndarray, text_share: float) -> tuple[float, Store]:
@@ -68,7 +69,7 @@ def search_stats(store: Store, stats: dict, queries, exact_ids) -> dict:
     for q in queries[:100]:
         search(q[None])
     stats["single_ms"] = (time.perf_counter() - started) / 100 * 1000
-    stats["recall"] = fx.recall_at_k(found, exact_ids)
+    stats["recall"] = fx.neighbour_recall(found, exact_ids)
     stats["settings"] = fx.search_settings(store.indexes["image"]) or ""
     return stats
 
@@ -113,7 +114,7 @@ def selector_vs_separate(vectors, queries, share=0.01) -> list[str]:
             _, found = run(queries)
             qps = len(queries) / (time.perf_counter() - started)
             full = float(np.mean((found >= 0).sum(axis=1) == 10))
-            recall = fx.recall_at_k(found, exact)
+            recall = fx.neighbour_recall(found, exact)
             rows.append(f"| {factory} | {label} | {qps:,.0f} | {full:.0%} | {recall:.3f} |")
     return rows
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from benchlib import machine, record
 from PIL import Image
 
-from e5v_search.distributed import RayOptions
 from e5v_search.engine import Engine
+from e5v_search.ingest.ray_backend import RayOptions
 from e5v_search.testing import cached_tiny_checkpoint, make_sample_corpus
 
 

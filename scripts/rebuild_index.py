@@ -16,14 +16,14 @@ import time
 
 from benchlib import PeakMemory, gib
 
+from e5v_search.config import index_path
+from e5v_search.engine import Engine
 from e5v_search.errors import E5VSearchError
-from e5v_search.ondisk import parse_bytes
-from e5v_search.store import Store
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("index", help="index directory (holds catalog.sqlite)")
+    parser.add_argument("index", help="index directory, or a name for indexes/NAME")
     parser.add_argument("--type", dest="factory", help="FAISS factory string (default: current)")
     parser.add_argument("--nprobe", type=int, help="IVF lists searched per query")
     parser.add_argument("--ef-search", type=int, help="HNSW candidate list size")
@@ -33,21 +33,21 @@ def main() -> int:
     parser.add_argument("-k", type=int, default=10)
     args = parser.parse_args()
     try:
-        store = Store.open(args.index)
-        for line in store.repairs:
-            print(f"repaired: {line}")
-        started = time.perf_counter()
-        budget = parse_bytes(args.max_memory) if args.max_memory else None
-        with PeakMemory("cpu") as memory:
-            stats = store.rebuild(
-                args.factory,
-                nprobe=args.nprobe,
-                ef_search=args.ef_search,
-                max_memory=budget,
-                rerank=args.rerank,
-            )
-        seconds = time.perf_counter() - started
-        recall = store.recall(k=args.k, sample=args.sample)
+        # The same Engine.rebuild as `e5v-search rebuild`; this script adds memory and a table.
+        with Engine.open(index_path(args.index)) as engine:
+            for line in engine.notices():
+                print(line)
+            started = time.perf_counter()
+            with PeakMemory("cpu") as memory:
+                stats = engine.rebuild(
+                    args.factory,
+                    nprobe=args.nprobe,
+                    ef_search=args.ef_search,
+                    max_memory=args.max_memory,
+                    rerank=args.rerank,
+                )
+            seconds = time.perf_counter() - started
+            recall = engine.recall(k=args.k, sample=args.sample)
     except E5VSearchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

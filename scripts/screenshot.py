@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from e5v_search.engine import Engine
-from e5v_search.server import create_app
+from e5v_search.serving.app import create_app
 from e5v_search.testing import make_sample_corpus
 from e5v_search.training import cached_trained_checkpoint
 

@@ -50,7 +50,7 @@ def recipe_model(tiny_dir):
     """The model card's objects: the full ConditionalGeneration model and the processor."""
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
-    from e5v_search.anyres import use_e5v_pixels
+    from e5v_search.model.anyres import use_e5v_pixels
 
     model = LlavaNextForConditionalGeneration.from_pretrained(str(tiny_dir)).eval()
     processor = LlavaNextProcessor.from_pretrained(str(tiny_dir), backend="pil")

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import sample_engine
 
-from e5v_search.server import create_app
+from e5v_search.serving.app import create_app
 
 CHROMIUM = os.environ.get("E5V_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

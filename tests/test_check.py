@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from e5v_search.cli import cli
-from e5v_search.encoder import E5VEncoder
+from e5v_search.model.encoder import E5VEncoder
 
 
 def test_check_passes_on_the_tiny_checkpoint(legacy_dir):

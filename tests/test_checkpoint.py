@@ -43,7 +43,7 @@ def test_the_recipe_fails_on_the_legacy_checkpoint(legacy_dir, texts):
     """Shows the trap is real: transformers 5.x looks up the out-of-table <image> id."""
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
-    from e5v_search.reference import recipe_embed_images
+    from e5v_search.model.recipe import recipe_embed_images
     from e5v_search.testing import make_sample_images
 
     model = LlavaNextForConditionalGeneration.from_pretrained(str(legacy_dir))

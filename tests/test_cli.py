@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from e5v_search.cli import cli
@@ -11,17 +12,22 @@ from e5v_search.cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_similarity_prints_a_text_by_image_matrix(tiny_dir, shaped_images):
+def test_similarity_prints_the_text_by_image_cosine_matrix(tiny_dir, shaped_images):
+    from e5v_search import E5VEncoder
+
+    texts, images = ["a dog", "a cat"], [str(shaped_images[0]), str(shaped_images[1])]
     args = ["similarity", "--model", str(tiny_dir), "--device", "cpu"]
-    args += ["-t", "a dog", "-t", "a cat", "-i", str(shaped_images[0]), "-i", str(shaped_images[1])]
+    args += ["-t", texts[0], "-t", texts[1], "-i", images[0], "-i", images[1]]
     result = CliRunner().invoke(cli, args + ["--json"])
     assert result.exit_code == 0, result.output
-    matrix = json.loads(result.stdout)["similarity"]
-    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
-    assert all(-1.0 <= v <= 1.0 for row in matrix for v in row)
+    matrix = np.array(json.loads(result.stdout)["similarity"])
+    encoder = E5VEncoder.from_pretrained(str(tiny_dir), device="cpu")
+    expected = encoder.embed_texts(texts) @ encoder.embed_images(images).T
+    assert matrix.shape == (2, 2) and np.abs(matrix - expected).max() < 1e-5
     table = CliRunner().invoke(cli, args)
     assert table.exit_code == 0
-    assert len(re.findall(r"-?\d\.\d{4}", table.stdout)) == 4
+    printed = [float(v) for v in re.findall(r"-?\d\.\d{4}", table.stdout)]
+    assert np.abs(np.array(printed).reshape(2, 2) - expected).max() <= 5e-5  # rows are texts
 
 
 def test_model_comes_from_the_environment(tiny_dir, shaped_images):
@@ -50,11 +56,38 @@ def test_readme_commands_exist():
         assert command in cli.commands, f"README shows `e5v-search {command}`, which does not exist"
 
 
+def test_readme_architecture_matches_the_layout():
+    """Every module the README's architecture section names exists and every module exists
+    there; each subpackage's docstring names its modules."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    package = ROOT / "e5v_search"
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    modules -= {m for m in modules if m.rsplit("/", 1)[-1] in ("__init__.py", "__main__.py")}
+    named, folder = set(), ""
+    for line in section.split("```")[1].splitlines()[2:]:
+        match = re.match(r"^( +)(\S+)", line)
+        if not match or len(match.group(1)) not in (2, 4):
+            continue
+        name = match.group(2)
+        if len(match.group(1)) == 2:
+            folder = name if name.endswith("/") else ""
+            if name.endswith(".py"):
+                named.add(name)
+        elif name.endswith(".py"):
+            named.add(folder + name)
+    assert named == modules
+    for init in package.glob("*/__init__.py"):
+        doc = init.read_text()
+        for module in init.parent.glob("*.py"):
+            assert module.stem in doc or module.name == "__init__.py", (init, module.stem)
+
+
 def test_bad_numbers_and_filters_are_refused_at_the_edge(tmp_path, tiny_dir):
     from fastapi.testclient import TestClient
 
     from e5v_search.engine import Engine
-    from e5v_search.server import create_app
+    from e5v_search.serving.app import create_app
 
     index = tmp_path / "ix"
     (tmp_path / "t.txt").write_text("one\ntwo\nthree\n")

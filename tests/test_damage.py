@@ -7,12 +7,16 @@ import sys
 
 import pytest
 
-from e5v_search import ondisk
-from e5v_search.store import IndexDamagedError, Store
+from e5v_search.errors import IndexDamagedError
+from e5v_search.spec import Spec
+from e5v_search.storage import ondisk
+from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 64
-SPEC = {"model": "m", "revision": None, "dim": DIM, "dtype": "float32", "prompt_version": "e5v-1"}
+SPEC = Spec(
+    **{"model": "m", "revision": None, "dim": DIM, "dtype": "float32", "prompt_version": "e5v-1"}
+)
 
 
 def _cli(*args):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from e5v_search import E5VEncoder, InputError
-from e5v_search.reference import recipe_embed_images, recipe_embed_texts
+from e5v_search.model.recipe import recipe_embed_images, recipe_embed_texts
 
 TOL = 1e-5
 
@@ -127,9 +127,9 @@ def test_bad_image_inputs_are_named(encoder, tmp_path):
 
 def test_spec_names_everything_a_vector_depends_on(encoder, tiny_dir):
     spec = encoder.spec()
-    assert spec["model"] == str(tiny_dir)
-    assert spec["dim"] == 64 and spec["dtype"] == "float32"
-    assert spec["prompt_version"] and spec["transformers"]
+    assert spec.model == str(tiny_dir)
+    assert spec.dim == 64 and spec.dtype == "float32"
+    assert spec.prompt_version and spec.transformers
 
 
 def test_prepared_images_and_worker_threads_give_the_same_vectors(encoder, shaped_images):

@@ -70,15 +70,18 @@ def test_a_folder_a_jsonl_and_a_csv_become_searchable(engine, corpus):
     assert [r.locator for r in album] == ["id=n1"]
 
 
-def test_composed_query_differs_from_both_of_its_parts(engine, corpus):
+def test_a_text_with_an_image_is_e5vs_composed_query_not_either_part(engine, corpus):
     _ingest_all(engine, corpus)
     image = corpus["images"] / "grey" / "red-circle-grey.png"
     composed = engine.search("make it blue", image=image, k=5, modality="image")
-    alone = engine.search(image=image, k=5, modality="image")
-    text = engine.search("make it blue", k=5, modality="image")
-    assert len(composed) == 5
-    scores = lambda results: [round(r.score, 5) for r in results]  # noqa: E731
-    assert scores(composed) != scores(alone) and scores(composed) != scores(text)
+    query = engine.encoder.embed_composed([image], ["make it blue"])[0]  # the composed prompt
+    expected = engine.search_vector(query, target="image", k=5)
+    assert [(r.id, round(r.score, 5)) for r in composed] == [
+        (r.id, round(r.score, 5)) for r in expected
+    ]
+    alone = engine.encoder.embed_images([image])[0]
+    text = engine.encoder.embed_texts(["make it blue"])[0]
+    assert float(query @ alone) < 0.999 and float(query @ text) < 0.999
 
 
 def test_more_like_a_stored_item_and_mixed_queries(engine, corpus):
@@ -87,9 +90,17 @@ def test_more_like_a_stored_item_and_mixed_queries(engine, corpus):
     like = engine.search(like=first.id, k=5)
     assert len(like) == 5 and first.id not in [r.id for r in like]
     assert {r.modality for r in like} == {"text"}
-    plain = engine.search("a circle", k=5)
     mixed = engine.search("a circle", k=5, add=["red"], subtract=[("blue", 0.5)])
-    assert [round(r.score, 5) for r in plain] != [round(r.score, 5) for r in mixed]
+    circle, red, blue = engine.encoder.embed_texts(["a circle", "red", "blue"])
+    query = circle + red - 0.5 * blue
+    expected = engine.search_vector(query / np.linalg.norm(query), target="image", k=5)
+    assert [(r.id, round(r.score, 5)) for r in mixed] == [
+        (r.id, round(r.score, 5)) for r in expected
+    ]
+    plain = engine.search("a circle", k=5)
+    assert [r.id for r in plain] != [r.id for r in mixed] or [r.score for r in plain] != [
+        r.score for r in mixed
+    ]
 
 
 def test_reingesting_embeds_and_adds_nothing(tmp_path, tiny_dir, corpus):
@@ -242,7 +253,7 @@ def test_a_model_is_known_by_its_weights_not_its_name(tmp_path, tiny_dir, corpus
     (`--model ckpt` from another folder) are refused, for search and for ingest."""
     import shutil
 
-    from e5v_search.catalog import SpecMismatchError
+    from e5v_search.errors import SpecMismatchError
     from e5v_search.testing import build_tiny_checkpoint
 
     shutil.copytree(tiny_dir, tmp_path / "copy" / "ckpt")
@@ -256,7 +267,9 @@ def test_a_model_is_known_by_its_weights_not_its_name(tmp_path, tiny_dir, corpus
         assert [(r.id, round(r.score, 5)) for r in got] == [
             (r.id, round(r.score, 5)) for r in expected
         ]
-        assert any("the same weights" in note for note in engine.notes)
+        notices = engine.notices()
+        assert any(n.startswith("note:") and "the same weights" in n for n in notices)
+        assert engine.notices() == []  # each said once
     monkeypatch.chdir(tmp_path / "other")
     with Engine.open(tmp_path / "ix", model="ckpt", device="cpu") as engine:
         with pytest.raises(SpecMismatchError, match="weights: index sha256:"):

@@ -125,7 +125,7 @@ def test_retrieval_command_end_to_end_matches_brute_force(tmp_path, tiny_dir, da
     assert lines[3].split("|")[2].strip() == "48"
 
     # The same numbers from the stored vectors by brute force.
-    from e5v_search.store import Store
+    from e5v_search.storage.store import Store
 
     store = Store.open(index)
     images, texts = store.catalog.ids("image"), store.catalog.ids("text")
@@ -169,7 +169,7 @@ def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_forc
     tmp_path, tiny_dir, dataset
 ):
     from e5v_search.engine import Engine
-    from e5v_search.prompts import CIRR_GALLERY_PROMPT
+    from e5v_search.model.prompts import CIRR_GALLERY_PROMPT
 
     images = dataset / "images"
     names = sorted(str(p.relative_to(images)) for p in images.rglob("*.png"))[:16]
@@ -187,7 +187,7 @@ def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_forc
         assert engine.info()["counts"]["image"] == 0  # the engine's own index is not touched
         again = ev.evaluate_composed(engine, triples, images)  # the gallery index is reused
     assert np.abs(np.sum(gallery * retrieval, axis=1)).max() < 0.9999  # another prompt
-    from e5v_search.store import Store
+    from e5v_search.storage.store import Store
 
     with Store.open(tmp_path / "ix" / "cirr-gallery") as store:
         stored = store.catalog.vectors(store.catalog.ids("image"))
@@ -200,3 +200,21 @@ def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_forc
     expected = ev.recall_at_k(ranked, [{gallery_names.index(t)} for t in triples.targets])
     assert report.recalls["composed->image"] == pytest.approx(expected)
     assert again.recalls == report.recalls
+
+
+def test_eval_index_name_is_the_same_index_every_command_opens(tmp_path, tiny_dir, dataset,
+                                                                monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
+    args = ["eval", "composed", "--images", str(dataset / "images"),
+            "--triples", str(dataset / "triples.jsonl"), "--index", "photos"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "indexes" / "photos" / "cirr-gallery" / "catalog.sqlite").is_file()
+    assert not (tmp_path / "photos").exists()
+    args = ["eval", "retrieval", "--images", str(dataset / "images"),
+            "--captions", str(dataset / "captions.jsonl"), "--index", "photos"]  # fmt: skip
+    assert CliRunner().invoke(cli, args, env=env).exit_code == 0
+    info = CliRunner().invoke(cli, ["info", "--index", "photos", "--json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["counts"] == {"image": 48, "text": 96}

@@ -4,14 +4,17 @@ import faiss
 import numpy as np
 import pytest
 
-from e5v_search import index as fx
-from e5v_search import ondisk
 from e5v_search.errors import InputError
-from e5v_search.store import Store
+from e5v_search.spec import Spec
+from e5v_search.storage import faiss_ops as fx
+from e5v_search.storage import ondisk
+from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 64
-SPEC = {"model": "m", "revision": None, "dim": DIM, "dtype": "float32", "prompt_version": "e5v-1"}
+SPEC = Spec(
+    **{"model": "m", "revision": None, "dim": DIM, "dtype": "float32", "prompt_version": "e5v-1"}
+)
 
 
 def test_sizes_parse():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e5v_search.preprocess import Preprocessor
+from e5v_search.model.preprocess import Preprocessor
 from e5v_search.testing import pattern_image
 
 FIXTURES = Path(__file__).parent / "fixtures"

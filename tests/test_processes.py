@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from e5v_search.engine import Engine
-from e5v_search.server import create_app
-from e5v_search.store import Store
+from e5v_search.serving.app import create_app
+from e5v_search.spec import Spec
+from e5v_search.storage.store import Store
 from e5v_search.testing import make_sample_corpus
 
 
@@ -118,7 +119,7 @@ def test_a_second_writer_waits_names_the_holder_and_a_killed_holder_frees_the_lo
                 env=env)[0] == 0  # fmt: skip
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom e5v_search.locking import WriterLock\n"
+         "import sys, time\nfrom e5v_search.storage.locking import WriterLock\n"
          f"with WriterLock({str(index)!r}, 'ingest'):\n"
          "    print('held', flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,
@@ -200,23 +201,24 @@ def test_a_server_follows_a_cli_ingest_and_delete(tmp_path, env, tiny_dir):
 
 def test_an_on_disk_rebuild_beside_a_delete_and_an_add(tmp_path):
     """Synthetic vectors, so the budget can force IVF-PQ lists on disk; three processes."""
-    from e5v_search import ondisk
+    from e5v_search.storage import ondisk
     from e5v_search.testing import clustered_vectors
 
     index, dim = tmp_path / "ix", 64
-    spec = {"model": "m", "revision": None, "dim": dim, "dtype": "float32",
-            "prompt_version": "e5v-1"}  # fmt: skip
+    spec = Spec(**{"model": "m", "revision": None, "dim": dim, "dtype": "float32",
+            "prompt_version": "e5v-1"})  # fmt: skip
     with Store.open(index, create=True) as store:
         items = [{"modality": "image", "source": str(i)} for i in range(6000)]
         store.add(items, clustered_vectors(6000, dim, seed=1), spec)
     budget = 500_000 + ondisk.FLAT_OVERHEAD
-    code = ("import sys\nfrom e5v_search.store import Store\n"
+    code = ("import sys\nfrom e5v_search.spec import Spec\n"
+            "from e5v_search.storage.store import Store\n"
             "from e5v_search.testing import clustered_vectors\n"
             f"s = Store.open({str(index)!r})\n")  # fmt: skip
     rebuild = code + f"print(s.rebuild(max_memory={budget})[0]['factory'])\n"
     add = code + (
         "s.add([{'modality': 'image', 'source': f'new{i}'} for i in range(100)],"
-        " clustered_vectors(100, 64, seed=5), s.catalog.spec())\n"
+        " clustered_vectors(100, 64, seed=5), Spec(**s.catalog.spec()))\n"
     )
     processes = [
         subprocess.Popen([sys.executable, "-c", rebuild], stdout=subprocess.PIPE,

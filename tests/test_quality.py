@@ -16,7 +16,7 @@ from PIL import Image
 
 from e5v_search.cli import cli
 from e5v_search.engine import Engine
-from e5v_search.server import create_app
+from e5v_search.serving.app import create_app
 from e5v_search.testing import draw_shape, make_sample_corpus
 from e5v_search.training import caption
 

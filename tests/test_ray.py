@@ -12,8 +12,9 @@ import pytest
 from conftest import assert_same_catalog, catalog_snapshot
 from PIL import Image
 
-from e5v_search.distributed import RayOptions
 from e5v_search.engine import Engine
+from e5v_search.ingest import ray_backend, threads
+from e5v_search.ingest.ray_backend import RayOptions
 from e5v_search.testing import make_sample_corpus
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra e5v-search[ray]")
@@ -91,3 +92,56 @@ def test_a_killed_ray_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_d
     with Engine.open(tmp_path / "plain", model=str(tiny_dir), device="cpu", create=True) as e:
         e.ingest(sources, progress=False)
     assert_same_catalog(catalog_snapshot(killed), catalog_snapshot(tmp_path / "plain"))
+
+
+def test_both_backends_follow_one_dedupe_rule(tmp_path, tiny_dir, corpus, monkeypatch):
+    """Identical content (two files with the same bytes, the same line twice, content stored
+    by an earlier run) is embedded once and copied, by the thread and the Ray backend alike."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    originals = sorted(p for p in corpus["images"].rglob("*.png") if p.name != "broken.png")
+    for name, src in (("a.png", 0), ("b.png", 0), ("c.png", 1)):
+        (folder / name).write_bytes(originals[src].read_bytes())
+    (folder / "lines.txt").write_text("A red circle.\nA blue square.\nA red circle.\n")
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "d.png").write_bytes(originals[1].read_bytes())
+    (later / "more.txt").write_text("A blue square.\n")
+    handed = []  # what each backend was given to embed (the real functions still run)
+    monkeypatch.setattr(ray_backend, "_to_row", _counting(ray_backend._to_row, handed))
+    monkeypatch.setattr(threads, "embed_each", _counting(threads.embed_each, handed, 1))
+    snapshots = {}
+    for name, backend in (("plain", None), ("ray", RayOptions())):
+        path = tmp_path / name
+        with Engine.open(path, model=str(tiny_dir), device="cpu", create=True) as engine:
+            sources = [folder, folder / "lines.txt"]
+            assert engine.ingest(sources, progress=False, ray=backend).added == 6
+        assert len(handed) == 4, (name, handed)  # a.png, c.png and the two distinct lines
+        handed.clear()
+        # A new run of content stored already: copied, so the model is not even loaded.
+        with Engine.open(path, model=str(tiny_dir), device="cpu") as engine:
+            sources = [later, later / "more.txt"]
+            assert engine.ingest(sources, progress=False, ray=backend).added == 2
+            assert engine._encoder is None and handed == []
+        snapshots[name] = catalog_snapshot(path)
+    assert_same_catalog(snapshots["ray"], snapshots["plain"], tolerance=0.0)
+    rows, _ = snapshots["ray"]
+    by_name = {(os.path.basename(r[2]), r[3]): vector for r, vector in rows}
+    assert by_name[("a.png", "")].tobytes() == by_name[("b.png", "")].tobytes()
+    assert by_name[("c.png", "")].tobytes() == by_name[("d.png", "")].tobytes()
+    assert by_name[("lines.txt", "line 1")].tobytes() == by_name[("lines.txt", "line 3")].tobytes()
+    assert by_name[("more.txt", "line 1")].tobytes() == by_name[("lines.txt", "line 2")].tobytes()
+    sizes = {(os.path.basename(r[2])): (r[5], r[6]) for r, _ in rows}
+    assert sizes["b.png"] == sizes["a.png"] and sizes["d.png"] == sizes["c.png"] != (None, None)
+
+
+def _counting(function, seen: list, argument: int = 2):
+    """`function`, noting the sources of the outcomes it is given (its `argument`-th)."""
+
+    def wrapper(*args, **kwargs):
+        given = args[argument]
+        for outcome in given if isinstance(given, list) else [given]:
+            seen.append(outcome.item.source)
+        return function(*args, **kwargs)
+
+    return wrapper

@@ -4,11 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e5v_search.store import Store
+from e5v_search.spec import Spec
+from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = {"model": "m", "revision": None, "dim": 32, "dtype": "float32", "prompt_version": "e5v-1"}
+SPEC = Spec(
+    **{"model": "m", "revision": None, "dim": 32, "dtype": "float32", "prompt_version": "e5v-1"}
+)
 
 
 def _run(*args):

@@ -4,7 +4,7 @@ import os
 
 from PIL import Image
 
-from e5v_search.sources import SourceError, SourceItem, scan, scope_of
+from e5v_search.ingest.sources import SourceError, SourceItem, scan, scope_of
 
 
 def _names(entries):

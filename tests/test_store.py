@@ -2,28 +2,31 @@
 
 import json
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from e5v_search import index as fx
-from e5v_search import store as store_module
-from e5v_search.catalog import Catalog, SpecMismatchError
-from e5v_search.errors import InputError
-from e5v_search.index import IndexBuildError
-from e5v_search.migrations import migrate
-from e5v_search.store import IndexNotFoundError, Store
+from e5v_search.errors import IndexBuildError, IndexNotFoundError, InputError, SpecMismatchError
+from e5v_search.spec import Spec
+from e5v_search.storage import faiss_ops as fx
+from e5v_search.storage import search as search_module
+from e5v_search.storage.catalog import Catalog
+from e5v_search.storage.migrations import migrate
+from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 64
-SPEC = {
-    "model": "test/model",
-    "revision": "abc",
-    "dim": DIM,
-    "dtype": "float32",
-    "prompt_version": "e5v-1",
-    "transformers": "5.0",
-}
+SPEC = Spec(
+    **{
+        "model": "test/model",
+        "revision": "abc",
+        "dim": DIM,
+        "dtype": "float32",
+        "prompt_version": "e5v-1",
+        "transformers": "5.0",
+    }
+)
 
 
 def _items(n, modality="image", start=0):
@@ -79,7 +82,7 @@ def test_approximate_types_keep_recall_above_a_floor(tmp_path, factory, floor):
     mask = modality == "image"
     _, expected = _brute(queries, vectors[mask], ids[mask], 10)
     found = np.array([[h.id for h in row] for row in store.search(queries, 10, "image")])
-    assert fx.recall_at_k(found, expected) >= floor
+    assert fx.neighbour_recall(found, expected) >= floor
     recall = store.recall(k=10, sample=50)
     assert set(recall) == {"image->image", "image->text", "text->image", "text->text"}
     assert min(recall.values()) >= floor - 0.1
@@ -97,7 +100,7 @@ def test_modality_search_is_exact_in_count_on_a_1_percent_modality(tmp_path):
 @pytest.mark.parametrize("exact_limit", [4096, 10])  # scored directly, or a FAISS id selector
 @pytest.mark.parametrize("factory", [None, "HNSW32", "IVF8,Flat"])
 def test_filters_apply_during_the_search(tmp_path, monkeypatch, exact_limit, factory):
-    monkeypatch.setattr(store_module, "EXACT_CANDIDATES", exact_limit)
+    monkeypatch.setattr(search_module, "EXACT_CANDIDATES", exact_limit)
     store, ids, vectors, modality = _fill(tmp_path / "ix", factory=factory)
     groups = np.array([i % 7 for i in range(len(ids))])
     queries = clustered_vectors(5, DIM, seed=5)
@@ -108,7 +111,7 @@ def test_filters_apply_during_the_search(tmp_path, monkeypatch, exact_limit, fac
     found = np.array([[h.id for h in row] for row in hits])
     assert found.shape == (5, 15)  # k results although the group is a seventh of the images
     assert set(found.ravel()) <= set(ids[mask])
-    assert fx.recall_at_k(found, expected) >= (1.0 if factory is None else 0.9)
+    assert fx.neighbour_recall(found, expected) >= (1.0 if factory is None else 0.9)
 
 
 def test_a_bad_filter_is_named(tmp_path):
@@ -151,10 +154,10 @@ def test_a_killed_writer_process_is_repaired_on_open(tmp_path):
     _fill(path)[0].close()
     code = (
         "import os, sys, numpy as np\n"
-        "from e5v_search.store import Store\n"
+        "from e5v_search.storage.store import Store\n"
         "from e5v_search.testing import clustered_vectors\n"
         f"s = Store.open({str(path)!r})\n"
-        "spec = s.catalog.spec()\n"
+        "from e5v_search.spec import Spec\nspec = Spec(**s.catalog.spec())\n"
         "with s.writing():\n"
         "    s.add([{'modality': 'text', 'source': 'late'}], clustered_vectors(1, 64, seed=77),"
         " spec)\n"
@@ -232,12 +235,12 @@ def test_rebuild_needs_enough_vectors_to_train(tmp_path):
 
 def test_a_query_or_ingest_with_another_spec_is_refused(tmp_path):
     store, *_ = _fill(tmp_path / "ix", 10, 10)
-    other = dict(SPEC, model="someone/else", prompt_version="e5v-2")
+    other = replace(SPEC, model="someone/else", prompt_version="e5v-2")
     with pytest.raises(SpecMismatchError, match="model: index 'test/model', ingest 'someone/else'"):
         store.add(_items(1), clustered_vectors(1, DIM), other)
     with pytest.raises(SpecMismatchError, match="prompt_version"):
         store.catalog.check_spec(other)
-    notes = store.catalog.check_spec(dict(SPEC, dtype="float16"))
+    notes = store.catalog.check_spec(replace(SPEC, dtype="float16"))
     assert notes == ["dtype: index 'float32', query 'float16'"]
 
 

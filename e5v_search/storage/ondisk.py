@@ -22,8 +22,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from . import index as fx
-from .errors import InputError
+from ..errors import InputError
+from ..files import write_bytes
+from . import faiss_ops as fx
 
 ID_BYTES = 8
 FLAT_OVERHEAD = 24  # IndexIDMap2: the id and its reverse-map entry, per vector
@@ -142,10 +143,7 @@ class LayeredIndex:
         base = self._search_base(queries, k, allowed)
         delta = fx.search(self.delta, queries, k, among=among)
         scores = np.concatenate([base[0], delta[0]], axis=1)
-        ids = np.concatenate([base[1], delta[1]], axis=1)
-        scores = np.where(ids >= 0, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        return fx.top_k(scores, np.concatenate([base[1], delta[1]], axis=1), k)
 
     def search(self, queries, k: int, params=None):
         return self.search_among(queries, k)
@@ -205,12 +203,7 @@ def save(index: LayeredIndex, folder: Path, entry: dict) -> None:
     """Write the delta and the mask atomically; the base is never rewritten."""
     stem = entry["file"].removesuffix(".faiss")
     fx.save(index.delta, folder / f"{stem}.delta.faiss")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, index.masked)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{stem}.masked.npy")
+    write_bytes(folder / f"{stem}.masked.npy", lambda f: np.save(f, index.masked))
 
 
 def files_of(folder: Path, entry: dict) -> list[Path]:

@@ -1,28 +1,20 @@
-"""What the server needs beside HTTP: one thread that owns the model, and a thumbnail cache.
+"""One thread that owns the model, for the server.
 
 `ModelWorker` runs every model call on a single thread, so a GPU never gets two forward passes
 at once however many requests arrive; text queries waiting together are embedded in one batch
 (micro-batching), and repeated texts come from a bounded LRU cache without touching the model.
-`ThumbnailCache` makes small JPEGs on demand inside the index directory and keeps their total
-size under a bound, evicting the least recently used.
 """
 
 from __future__ import annotations
 
-import os
 import queue
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .images import load_image
-
-THUMBNAIL_SIZES = (128, 256, 512)
 _STOP = object()
 
 
@@ -98,41 +90,3 @@ class ModelWorker:
             return
         for (_, _, future), vector in zip(batch, vectors, strict=True):
             future.set_result(vector)
-
-
-class ThumbnailCache:
-    def __init__(self, folder: Path, max_bytes: int = 256 * 2**20):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-
-    def get(self, item: dict, size: int) -> Path:
-        """The thumbnail of a catalog image item (its longer side `size` px), made if missing.
-        Names come from the item's id, size and content hash only: nothing a client sends
-        becomes a path."""
-        if size not in THUMBNAIL_SIZES:
-            raise ValueError(f"size must be one of {THUMBNAIL_SIZES}")
-        name = f"{int(item['id'])}-{size}-{(item['content_hash'] or 'x')[:16]}.jpg"
-        path = self.folder / name
-        if path.exists():
-            os.utime(path)  # recently used
-            return path
-        image = load_image(item["source"])
-        image.thumbnail((size, size))
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="JPEG", quality=85)
-        os.replace(tmp, path)
-        self._evict()
-        return path
-
-    def _evict(self) -> None:
-        with self._lock:
-            files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob("*.jpg")]
-            total = sum(size for _, size, _ in files)
-            for _, size, path in sorted(files):
-                if total <= self.max_bytes:
-                    break
-                path.unlink(missing_ok=True)
-                total -= size

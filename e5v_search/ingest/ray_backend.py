@@ -1,7 +1,8 @@
-"""Ingest on Ray Data: the same sources, dedupe and bad-input rules as the plain ingest, with the
-work spread over CPU and GPU actors on one machine or a cluster.
+"""The Ray Data backend of an ingest run: the run (run.py) scans, hashes and decides on the
+driver, as for the local backend, so both follow one dedupe rule; this backend only prepares and
+embeds what the run hands it, spread over CPU and GPU actors on one machine or a cluster.
 
-    driver: scan + plan (ingest.py) -> Ray Data: CPU actors hash, decode and preprocess images
+    driver: scan + plan + decide (run.py) -> Ray Data: CPU actors decode and preprocess images
     -> GPU actors (one per GPU, the encoder loaded once each) embed -> driver: each input chunk's
     results written to a shard file, then committed to the catalog and index in order.
 
@@ -19,15 +20,17 @@ import io
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import E5VSearchError
-from .ingest import Outcome, prepare_outcome
-from .preprocess import PreparedImage
-from .sources import SourceError
+from ..config import MAX_PIXELS
+from ..errors import E5VSearchError
+from ..files import write_bytes
+from ..model.preprocess import PreparedImage
+from .run import Outcome
+from .threads import prepare_image
 
 SHARDS = "ray-shards"
 log = logging.getLogger(__name__)
@@ -43,25 +46,29 @@ class RayOptions:
 
 
 class RayBackend:
-    def __init__(self, ingestion, options: RayOptions):
-        self.run = ingestion
+    def __init__(self, folder: Path, model, options: RayOptions, max_pixels=None, progress=None):
+        """`model`: the ModelChoice each actor loads; shard files go in `folder`."""
+        self.model = model
         self.options = options
-        self.folder = ingestion.store.path / SHARDS
+        self.max_pixels = max_pixels or MAX_PIXELS
+        self.progress = progress
+        self.folder = Path(folder)
         self.folder.mkdir(exist_ok=True)
+
+    def spec(self):
+        """The actors' spec, from the checkpoint's config: the driver never loads the weights."""
+        return self.model.spec_on("cuda" if self._gpus() else "cpu")
 
     def process(self, plans):
         plans = list(plans)  # planning is cheap and happens on the driver
-        engine = self.run.engine
-        model = (engine.model, engine.encoder_options.get("revision"))
-        shards = [self.folder / f"{_digest(model, outcomes)}.npz" for outcomes, _ in plans]
+        key = (self.model.model, self.model.revision)
+        shards = [self.folder / f"{_digest(key, outcomes)}.npz" for outcomes, _ in plans]
         todo = [
             (number, outcomes)
             for number, ((outcomes, _), shard) in enumerate(zip(plans, shards, strict=True))
             if _work(outcomes) and not shard.exists()
         ]
         results = self._pipeline(todo) if todo else iter(())
-        if any(_work(outcomes) for outcomes, _ in plans):
-            self._check_spec()
         for number, (outcomes, size) in enumerate(plans):
             work = _work(outcomes)
             if work and shards[number].exists():
@@ -73,18 +80,6 @@ class RayBackend:
             yield outcomes, size
         for shard in shards:  # committed: the catalog holds them now
             shard.unlink(missing_ok=True)
-
-    def _check_spec(self) -> None:
-        """The actors' spec, from the checkpoint's config: the driver never loads the weights."""
-        from .encoder import spec_from_config
-
-        options = self.run.engine.encoder_options
-        device = "cuda" if self._gpus() else "cpu"
-        spec = spec_from_config(
-            self.run.engine.model, options.get("revision"), device, options.get("dtype")
-        )
-        self.run.catalog.check_spec(spec, purpose="ingest")
-        self.run.spec = spec
 
     def _gpus(self) -> int:
         import ray
@@ -102,20 +97,14 @@ class RayBackend:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-execution INFO lines
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # chunks commit in scan order
-        context.enable_progress_bars = bool(self.run.progress)
-        engine = self.run.engine
-        model_args = dict(model=engine.model, **engine.encoder_options)
+        context.enable_progress_bars = bool(self.progress)
         rows = [
             _to_row(number, pos, outcome)
             for number, outcomes in todo
             for pos, outcome in enumerate(_work(outcomes))
         ]
-        if gpus:
-            embed_resources = {"num_gpus": 1}
-            model_args["device"] = "cuda"
-        else:
-            embed_resources = {"num_cpus": 1}
-            model_args["device"] = "cpu"
+        model = replace(self.model, device="cuda" if gpus else "cpu")
+        embed_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
         prep_actors = max(
             1, int(ray.cluster_resources().get("CPU", 2)) - (gpus or self.options.cpu_actors) - 1
         )
@@ -124,14 +113,14 @@ class RayBackend:
             ray.data.from_items(rows, override_num_blocks=max(1, len(todo)))
             .map_batches(
                 _Prepare,
-                fn_constructor_kwargs={"model_args": model_args, "max_pixels": self.run.max_pixels},
+                fn_constructor_kwargs={"model": model, "max_pixels": self.max_pixels},
                 batch_size=8,
                 compute=ray.data.ActorPoolStrategy(size=prep_actors),
                 num_cpus=1,
             )
             .map_batches(
                 _Embed,
-                fn_constructor_kwargs={"model_args": model_args},
+                fn_constructor_kwargs={"model": model},
                 batch_size=self.options.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=gpus or self.options.cpu_actors),
                 **embed_resources,
@@ -163,32 +152,29 @@ def _start_ray(options: RayOptions) -> None:
 
 
 class _Prepare:
-    """CPU actor: hash, decode and preprocess images (texts pass through)."""
+    """CPU actor: decode and preprocess images (texts pass through)."""
 
-    def __init__(self, model_args: dict, max_pixels: int):
-        from .preprocess import Preprocessor
+    def __init__(self, model, max_pixels: int):
+        from ..model.preprocess import Preprocessor
 
-        self.preprocessor = Preprocessor.from_pretrained(
-            model_args["model"], model_args.get("revision")
-        )
+        self.preprocessor = Preprocessor.from_pretrained(model.model, model.revision)
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict) -> dict:
-        pixels, sizes, hashes, errors, tokens = [], [], [], [], []
+        pixels, sizes, errors, tokens = [], [], [], []
         for i in range(len(batch["pos"])):
             outcome = _from_row(batch, i)
-            prepare_outcome(outcome, self.preprocessor, self.max_pixels)
+            if outcome.item.modality == "image":
+                prepare_image(outcome, self.preprocessor, self.max_pixels)
             prepared = outcome.payload if isinstance(outcome.payload, PreparedImage) else None
             pixels.append(_pack(prepared.pixel_values) if prepared else b"")
             sizes.append(list(outcome.size or (0, 0)))
             tokens.append(prepared.n_tokens if prepared else 0)
-            hashes.append(outcome.content_hash or "")
             errors.append(outcome.error.reason if outcome.error else "")
         batch.update(
             pixels=np.array(pixels, dtype=object),  # bytes: one column type in every batch
             size=np.array(sizes, dtype=np.int64),
             n_tokens=np.array(tokens, dtype=np.int64),
-            content_hash=np.array(hashes, dtype=object),
             error=np.array(errors, dtype=object),
         )
         return batch
@@ -197,22 +183,15 @@ class _Prepare:
 class _Embed:
     """GPU (or CPU) actor: the encoder, loaded once; one bad item fails only itself."""
 
-    def __init__(self, model_args: dict):
-        from .encoder import E5VEncoder
-
-        args = dict(model_args)
-        self.encoder = E5VEncoder.from_pretrained(args.pop("model"), **args)
+    def __init__(self, model):
+        self.encoder = model.load()
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["pos"])
         vectors = np.zeros((n, self.encoder.dim), dtype=np.float32)
         errors = list(batch["error"])
-        wanted = [
-            i for i in range(n)
-            if not errors[i] and batch["content_hash"][i] != batch["stored_hash"][i]
-        ]  # fmt: skip
         for kind in ("text", "image"):
-            chosen = [i for i in wanted if batch["modality"][i] == kind]
+            chosen = [i for i in range(n) if not errors[i] and batch["modality"][i] == kind]
             for i, vector, error in self._embed(batch, chosen, kind):
                 vectors[i], errors[i] = vector, error
         batch["vector"] = vectors
@@ -249,8 +228,8 @@ class _Embed:
 
 
 def _work(outcomes: list[Outcome]) -> list[Outcome]:
-    """The outcomes a backend must work on: images (to hash) and texts that need a vector."""
-    return [o for o in outcomes if o.item.modality == "image" or o.needs_vector]
+    """What the run handed this backend: the outcomes that need a vector."""
+    return [o for o in outcomes if o.needs_vector]
 
 
 def _to_row(number: int, pos: int, outcome: Outcome) -> dict:
@@ -261,19 +240,14 @@ def _to_row(number: int, pos: int, outcome: Outcome) -> dict:
         "modality": item.modality,
         "source": item.source,
         "text": item.text or "",
-        "content_hash_in": outcome.content_hash or "",
-        "stored_hash": (outcome.row or {}).get("content_hash") or "",
     }
 
 
 def _from_row(batch: dict, i: int) -> Outcome:
     from .sources import SourceItem
 
-    stored = batch["stored_hash"][i]
     item = SourceItem(batch["modality"][i], batch["source"][i], text=batch["text"][i] or None)
-    outcome = Outcome(item, {"content_hash": stored} if stored else None)
-    outcome.content_hash = batch["content_hash_in"][i] or None
-    return outcome
+    return Outcome(item, None)
 
 
 def _rows_of_chunk(results, number: int, count: int):
@@ -289,13 +263,11 @@ def _rows_of_chunk(results, number: int, count: int):
 
 def _apply(outcome: Outcome, row: dict) -> None:
     if row["error"]:
-        outcome.error = SourceError(outcome.item.source, outcome.item.locator, row["error"])
+        outcome.fail(row["error"])
         return
-    outcome.content_hash = row["content_hash"] or outcome.content_hash
     if outcome.item.modality == "image" and row["size"][0]:
         outcome.size = (int(row["size"][0]), int(row["size"][1]))
-    if outcome.needs_vector:
-        outcome.vector = np.asarray(row["vector"], dtype=np.float32)
+    outcome.vector = np.asarray(row["vector"], dtype=np.float32)
 
 
 def _write_shard(path: Path, work: list[Outcome]) -> None:
@@ -304,19 +276,13 @@ def _write_shard(path: Path, work: list[Outcome]) -> None:
     vectors = np.stack(
         [o.vector if o.vector is not None else np.zeros(dim, np.float32) for o in work]
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(
-            f,
-            vectors=vectors,
-            has_vector=np.array([o.vector is not None for o in work]),
-            hashes=np.array([o.content_hash or "" for o in work]),
-            sizes=np.array([o.size or (0, 0) for o in work], dtype=np.int64),
-            errors=np.array([o.error.reason if o.error else "" for o in work]),
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    arrays = {
+        "vectors": vectors,
+        "has_vector": np.array([o.vector is not None for o in work]),
+        "sizes": np.array([o.size or (0, 0) for o in work], dtype=np.int64),
+        "errors": np.array([o.error.reason if o.error else "" for o in work]),
+    }
+    write_bytes(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_shard(path: Path, work: list[Outcome]) -> None:
@@ -324,9 +290,8 @@ def _read_shard(path: Path, work: list[Outcome]) -> None:
         for i, outcome in enumerate(work):
             row = {
                 "error": str(data["errors"][i]),
-                "content_hash": str(data["hashes"][i]),
                 "size": data["sizes"][i],
-                "vector": data["vectors"][i] if data["has_vector"][i] else None,
+                "vector": data["vectors"][i],
             }
             _apply(outcome, row)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from ..config import MAX_PIXELS
+from ..errors import InputError
 
 try:  # HEIC/HEIF, the iPhone's default, through pillow-heif's opener (AVIF is Pillow's own)
     from pillow_heif import register_heif_opener
@@ -26,7 +27,6 @@ except ImportError:  # a dependency; an install without it reads every other for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
                     ".heic", ".heif", ".avif")  # fmt: skip
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: past any camera; PIL itself refuses above ~179 MP
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
@@ -47,7 +47,7 @@ def image_size(source) -> tuple[int, int]:
     return height, width
 
 
-def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An upright RGB image from a path or a PIL image (EXIF orientation applied to both)."""
     if isinstance(source, Image.Image):
         return _read("the image", lambda: upright_rgb(source))

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import MAX_PIXELS
 from . import checkpoint, prompts
-from .images import DEFAULT_MAX_PIXELS, load_image
+from .images import load_image
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Preprocessor:
         counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
         return list(counts["num_image_tokens"])
 
-    def prepare_image(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    def prepare_image(self, image, max_pixels: int = MAX_PIXELS) -> PreparedImage:
         """Decode and preprocess one image; thread-safe. Raises InputError naming a bad file."""
         rgb = load_image(image, max_pixels)
         pixels = self.processor.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]

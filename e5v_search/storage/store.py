@@ -22,12 +22,9 @@ takes the lock itself when the caller has not.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -37,13 +34,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import index as fx
+from ..errors import IndexBuildError, IndexDamagedError, IndexNotFoundError, InputError
+from ..files import write_json
+from ..spec import Spec
+from . import faiss_ops as fx
 from . import ondisk
 from .catalog import MODALITIES, Catalog, now
-from .errors import E5VSearchError, InputError
+from .integrity import (
+    catalog_damage,
+    check_catalog_file,
+    damage_of,
+    file_records,
+    read_manifest,
+)
 from .locking import WriterLock
 from .migrations import pending_migrations
-from .sources import file_hash
+from .search import Searchable, search_modality
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +57,7 @@ CATALOG = "catalog.sqlite"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 DEFAULT_FACTORY = "Flat"
-# Below this many candidates, a filtered search scores the stored vectors directly: exact, and
-# cheaper than a FAISS pass with a selector.
-EXACT_CANDIDATES = 4096
 _READ_CHUNK = 20000
-
-
-class IndexNotFoundError(E5VSearchError):
-    """No index at the given directory."""
-
-
-class IndexDamagedError(E5VSearchError):
-    """A file of the index is damaged in a way that cannot be repaired on the spot."""
-
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -104,7 +96,7 @@ class Store:
             )
         path.mkdir(parents=True, exist_ok=True)
         if exists:
-            _check_catalog_file(path / CATALOG)
+            check_catalog_file(path / CATALOG)
         try:
             if exists and not pending_migrations(path / CATALOG):
                 catalog = Catalog(path / CATALOG)
@@ -112,11 +104,11 @@ class Store:
                 with WriterLock(path, "creation" if not exists else "migration", lock_timeout,
                                 on_wait):  # fmt: skip
                     catalog = Catalog(path / CATALOG)
-            store = cls(path, catalog, _read_manifest(path / MANIFEST))
+            store = cls(path, catalog, read_manifest(path / MANIFEST))
             store.lock_timeout, store.on_wait = lock_timeout, on_wait
             store._load()
         except sqlite3.DatabaseError as error:
-            raise IndexDamagedError(_catalog_damage(path / CATALOG, error)) from error
+            raise IndexDamagedError(catalog_damage(path / CATALOG, error)) from error
         return store
 
     def close(self) -> None:
@@ -169,7 +161,7 @@ class Store:
         are loaded, changes committed since are applied (in memory). True when anything
         changed. Cheap when nothing did: one small file read and one query."""
         with self._state:
-            manifest = _read_manifest(self.path / MANIFEST)
+            manifest = read_manifest(self.path / MANIFEST)
             if manifest.get("save_id") != self.manifest.get("save_id"):
                 self.manifest, self.indexes, self._gpu = manifest, {}, {}
                 self._dirty.clear()
@@ -218,7 +210,7 @@ class Store:
                     why = "not in the manifest" if entry is None else "missing"
                     self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
                 continue
-            damage = _damage(self.path, entry)
+            damage = damage_of(self.path, entry)
             if damage and entry.get("ondisk"):
                 # Never mapped: a truncated .ivfdata would kill a search with SIGBUS.
                 self.damaged[modality] = (
@@ -288,7 +280,7 @@ class Store:
             began = time.perf_counter()
             try:
                 fx.train(index, self.catalog.vectors(sample), factory)
-            except fx.IndexBuildError:
+            except IndexBuildError:
                 if reason is None:
                     raise
                 # A repair must not leave the index unopenable: exact search until rebuilt.
@@ -347,12 +339,12 @@ class Store:
             entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
             if modality in self._dirty or "files" not in entry:
-                entry["files"] = _file_records(ondisk.files_of(self.path, entry))
+                entry["files"] = file_records(ondisk.files_of(self.path, entry))
         seq = self.covered
         next_id = max(self.catalog.next_id, self.manifest.get("next_id", 1))
         self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
                              next_id=next_id, saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
-        _write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
         self.catalog.prune_deleted(seq)
         self._dirty.clear()
         self._remove_unused_files()
@@ -379,7 +371,7 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
+    def add(self, items: list[dict], vectors: np.ndarray, spec: Spec) -> list[int]:
         """Commit items and vectors to the catalog, then add them to the in-memory indexes.
         Saved when the outermost `writing()` block ends (here, when the caller holds none)."""
         with self.writing("add"):
@@ -394,7 +386,7 @@ class Store:
             self.covered = self.catalog.seq
             return ids.tolist()
 
-    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: dict) -> None:
+    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: Spec) -> None:
         with self.writing("update"):
             self.catalog.update(ids, items, vectors, spec)
             self._reindex(np.array(ids, dtype=np.int64), vectors=np.asarray(vectors))
@@ -474,62 +466,33 @@ class Store:
             raise InputError(
                 f"queries have {queries.shape[1]} values, the index {self.catalog.dim}"
             )
-        hits: list[list[Hit]] = [[] for _ in queries]
+        found = []  # (scores, ids, modality) of each modality searched
         for mod in [modality] if modality else list(MODALITIES):
             if mod in self.damaged:
                 raise IndexDamagedError(self.damaged[mod])
-            if mod not in self.indexes:
-                continue
-            with self._state:
-                scores, ids = self._search_one(mod, queries, k, where, params, among)
-            for row, (s, i) in enumerate(zip(scores, ids, strict=True)):
-                hits[row] += [
-                    Hit(int(a), float(b), mod) for a, b in zip(i, s, strict=True) if a >= 0
-                ]
-        return [sorted(h, key=lambda hit: (-hit.score, hit.id))[:k] for h in hits]
+            if mod in self.indexes:
+                with self._state:
+                    found.append((*self._search_one(mod, queries, k, where, params, among), mod))
+        if not found:
+            return [[] for _ in queries]
+        scores, ids = fx.top_k(
+            np.hstack([f[0] for f in found]), np.hstack([f[1] for f in found]), k
+        )
+        modality_of = {int(i): m for _, row_ids, m in found for i in row_ids.ravel() if i >= 0}
+        return [
+            [
+                Hit(int(i), float(s), modality_of[int(i)])
+                for s, i in zip(srow, irow, strict=True)
+                if i >= 0
+            ]
+            for srow, irow in zip(scores, ids, strict=True)
+        ]
 
     def _search_one(self, modality, queries, k, where, params, among=None):
-        rerank = self.manifest.get("indexes", {}).get(modality, {}).get("rerank")
-        if rerank and rerank > k:
-            _, candidates = self._search_index(modality, queries, rerank, where, params, among)
-            return self._rescore(queries, candidates, k)
-        return self._search_index(modality, queries, k, where, params, among)
-
-    def _rescore(self, queries, candidates: np.ndarray, k: int):
-        """Exact scores of each query's candidates from the stored vectors: the top-k order of
-        exact search among them, whatever the index compressed away."""
-        unique = np.unique(candidates[candidates >= 0])
-        vectors = self.catalog.vectors(unique) if len(unique) else np.empty((0, queries.shape[1]))
-        position = {int(i): n for n, i in enumerate(unique)}
-        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        for row, ids in enumerate(candidates):
-            keep = ids >= 0
-            rows = [position[int(i)] for i in ids[keep]]
-            scores[row, keep] = vectors[rows] @ queries[row] if rows else []
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top_ids = np.take_along_axis(candidates, order, axis=1)
-        top_scores = np.take_along_axis(scores, order, axis=1)
-        top_ids[~np.isfinite(top_scores)] = -1
-        return top_scores, top_ids
-
-    def _search_index(self, modality, queries, k, where, params, among):
-        index = self.indexes[modality]
-        if where is None and among is None:
-            return fx.search(self._searchable(modality), queries, k)
-        candidates = self.catalog.ids(modality, where, params)
-        if among is not None:
-            candidates = np.intersect1d(candidates, np.asarray(among, dtype=np.int64))
-        among = candidates
-        if len(among) > EXACT_CANDIDATES:
-            try:
-                return fx.search(index, queries, k, among=among)
-            except RuntimeError:
-                pass  # this type has no id-selector search: score the candidates directly
-        chunks = (
-            (among[i : i + _READ_CHUNK], self.catalog.vectors(among[i : i + _READ_CHUNK]))
-            for i in range(0, len(among), _READ_CHUNK)
-        )
-        return fx.exact_search(queries, chunks, k)
+        entry = self.manifest.get("indexes", {}).get(modality, {})
+        index = Searchable(self.indexes[modality], self._searchable(modality), modality)
+        return search_modality(index, self.catalog, queries, k, where, params, among,
+                               entry.get("rerank"))  # fmt: skip
 
     def _searchable(self, modality: str):
         if modality not in self._gpu:
@@ -573,7 +536,7 @@ class Store:
             }
             try:
                 entry = self._rebuild(modality, chosen, on_disk=on_disk)
-            except fx.IndexBuildError as error:
+            except IndexBuildError as error:
                 failures.append((modality, count, chosen, error))
                 continue
             if note:
@@ -622,7 +585,7 @@ class Store:
                 )
                 chunks = self.catalog.iter_vectors(target, batch=_READ_CHUNK)
                 _, exact = fx.exact_search((query_ids, queries), chunks, k, exclude_self=True)
-                out[f"{query_modality}->{target}"] = fx.recall_at_k(found, exact)
+                out[f"{query_modality}->{target}"] = fx.neighbour_recall(found, exact)
         return out
 
     def info(self) -> dict:
@@ -650,63 +613,3 @@ class Store:
             "catalog_bytes": (self.path / CATALOG).stat().st_size,
             "errors": len(self.catalog.errors()),
         }
-
-
-def _read_manifest(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # treated like a missing one: every file is checked and rebuilt if needed
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _file_records(files: list[Path]) -> dict:
-    """Size of each file of an index entry, and a SHA-256 of those read whole when loaded (not
-    of the .ivfdata lists, paged from disk and as large as the collection)."""
-    records = {}
-    for file in files:
-        record = {"size": file.stat().st_size}
-        if file.suffix != ".ivfdata":
-            record["sha256"] = file_hash(file)
-        records[file.name] = record
-    return records
-
-
-def _damage(folder: Path, entry: dict) -> str | None:
-    """What is wrong with the files an entry recorded at its save, or None."""
-    for name, record in (entry.get("files") or {}).items():
-        file = folder / name
-        if not file.exists():
-            return f"{name} is missing"
-        size = file.stat().st_size
-        if size != record["size"]:
-            return f"{name} is damaged ({size} bytes, {record['size']} when it was saved)"
-        if "sha256" in record and file_hash(file) != record["sha256"]:
-            return f"{name} is damaged (its checksum differs from the one saved)"
-    return None
-
-
-def _check_catalog_file(path: Path) -> None:
-    """An empty or foreign file is refused before SQLite, which would take it for a new
-    database and write an empty schema over it."""
-    with open(path, "rb") as f:
-        header = f.read(len(_SQLITE_HEADER))
-    if header != _SQLITE_HEADER:
-        raise IndexDamagedError(_catalog_damage(path, "empty" if not header else "not SQLite"))
-
-
-def _catalog_damage(path: Path, error) -> str:
-    return (
-        f"{path} is damaged ({error}): the catalog is the index's source of truth and is never "
-        "overwritten. Restore it from a backup; the .faiss files cannot rebuild it."
-    )

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_PIXELS, default_workers
+from ..errors import EmbeddingError, InputError, ModelLoadError
+from ..spec import Spec
 from . import checkpoint, prompts
 from .batching import plan_batches
-from .config import DEFAULT_MODEL
-from .errors import EmbeddingError, InputError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, image_size, load_image
+from .images import image_size, load_image
 from .preprocess import PreparedImage, Preprocessor
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
 PROGRESS_MIN_ITEMS = 64
 LOOKAHEAD_BATCHES = 2  # batches prepared ahead of the model: keeps it fed, bounds memory
 _DTYPES = {
@@ -114,9 +114,8 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dict:
+def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> Spec:
     """The spec an encoder would report, read from the checkpoint's config alone."""
-    import transformers
     from transformers import LlavaNextConfig
 
     config = LlavaNextConfig.from_pretrained(model, revision=revision)
@@ -125,15 +124,8 @@ def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> dic
         dtype = cpu_dtype(estimated_parameters(config), available_memory())
     torch_dtype = resolve_dtype(dtype, device)
     revision = revision or getattr(config, "_commit_hash", None)
-    return {
-        "model": str(model),
-        "revision": revision,
-        "fingerprint": checkpoint.fingerprint(model, revision),
-        "dim": config.text_config.hidden_size,
-        "dtype": str(torch_dtype).removeprefix("torch."),
-        "prompt_version": prompts.PROMPT_VERSION,
-        "transformers": transformers.__version__,
-    }
+    fingerprint = checkpoint.fingerprint(model, revision)
+    return Spec.of(model, revision, fingerprint, config.text_config.hidden_size, torch_dtype)
 
 
 def load_pretrained(model, revision=None, device="auto", dtype=None, full=False):
@@ -182,6 +174,33 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False)
     return net.eval(), processor, revision or getattr(net.config, "_commit_hash", None)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which checkpoint to load and how: what the engine holds and hands to a Ray actor, which
+    loads it itself (the driver never loads the weights)."""
+
+    model: str = DEFAULT_MODEL  # hub id or local directory
+    revision: str | None = None
+    device: str | None = "auto"
+    dtype: Any = None  # float16, bfloat16, float32 (or a torch dtype); None: the device's default
+    batch_size: int | None = None
+    max_batch_tokens: int = MAX_BATCH_TOKENS
+
+    def load(self) -> E5VEncoder:
+        return E5VEncoder.from_pretrained(
+            self.model,
+            self.revision,
+            self.device,
+            self.dtype,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+
+    def spec_on(self, device: str) -> Spec:
+        """The spec an encoder loaded on `device` would report, from the config alone."""
+        return spec_from_config(self.model, self.revision, device, self.dtype)
+
+
 class E5VEncoder:
     """Embeds texts, images and composed image+text queries into E5-V's space.
 
@@ -196,7 +215,7 @@ class E5VEncoder:
         *,
         model_id: str = DEFAULT_MODEL,
         revision: str | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
         batch_size: int | None = None,
     ):
         self.model = getattr(model, "model", model).eval()
@@ -239,21 +258,11 @@ class E5VEncoder:
     def dim(self) -> int:
         return self.model.config.text_config.hidden_size
 
-    def spec(self) -> dict:
+    def spec(self) -> Spec:
         """What an embedding depends on; an index records it and refuses queries made otherwise."""
-        import transformers
-
         if self._fingerprint is None:  # reads ~1 MiB per weight file: once
             self._fingerprint = checkpoint.fingerprint(self.model_id, self.revision)
-        return {
-            "model": self.model_id,
-            "revision": self.revision,
-            "fingerprint": self._fingerprint,
-            "dim": self.dim,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "prompt_version": prompts.PROMPT_VERSION,
-            "transformers": transformers.__version__,
-        }
+        return Spec.of(self.model_id, self.revision, self._fingerprint, self.dim, self.dtype)
 
     def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
         """Image placeholder tokens for images of these (height, width), without any pixels."""
@@ -289,10 +298,10 @@ class E5VEncoder:
             _Request(prompt, around + n, image=image)
             for image, n in zip(images, counts, strict=True)
         ]
-        workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        workers = default_workers() if workers is None else workers
         return self._run(requests, progress, workers)
 
-    def prepare_image(self, image, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    def prepare_image(self, image, max_pixels: int = MAX_PIXELS) -> PreparedImage:
         """Decode and preprocess one image for `embed_prepared`; thread-safe, so a pipeline can
         run it in workers ahead of the model. Raises InputError naming a bad file."""
         return self.preprocessor.prepare_image(image, max_pixels)

@@ -81,7 +81,7 @@ class CheckReport:
 
     def lines(self) -> list[str]:
         """The report as the `check` command prints it."""
-        from .memory import gib
+        from ..memory import gib
 
         out = [f"{self.model} on {self.device}, {self.dtype}; pass: {self.rule}"]
         out += [f"  repaired: {repair}" for repair in self.repairs]
@@ -154,7 +154,7 @@ def check_encoder(encoder, full, processor) -> CheckReport:
 def _make_images(folder: Path) -> list[tuple[tuple[str, str], Path]]:
     from PIL import Image
 
-    from .testing import pattern_image
+    from ..testing import pattern_image
 
     out = []
     for width, height in IMAGE_SIZES:
@@ -177,7 +177,7 @@ def _engine(encoder, images) -> np.ndarray:
 
 
 def _recipe(model, processor, texts, images, device) -> np.ndarray:
-    from .reference import recipe_embed_images, recipe_embed_texts
+    from .recipe import recipe_embed_images, recipe_embed_texts
 
     rows = [recipe_embed_texts(model, processor, [t], device) for t in texts]
     rows += [recipe_embed_images(model, processor, [image], device) for image in images]
@@ -203,7 +203,7 @@ def _recipe_tokens(processor, prompt, image=None) -> int:
 def _timed(device, work):
     import torch
 
-    from .memory import PeakMemory
+    from ..memory import PeakMemory
 
     with PeakMemory(str(device)) as memory:
         start = time.perf_counter()

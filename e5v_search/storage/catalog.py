@@ -25,24 +25,17 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from .errors import E5VSearchError, InputError
+from ..errors import InputError
+from ..spec import Spec, check
 from .migrations import migrate, transaction
 
 MODALITIES = ("image", "text")
-# Fields that change the vector space: a query or an ingest must match them exactly. When both
-# sides carry a fingerprint of the weights, it replaces the model's name and revision (labels).
-STRICT_SPEC_FIELDS = ("model", "revision", "dim", "prompt_version")
-FINGERPRINTED_FIELDS = ("fingerprint", "dim", "prompt_version")
 ITEM_FIELDS = (
     "source", "locator", "text", "content_hash", "width", "height", "metadata",
     "file_size", "file_mtime_ns",
 )  # fmt: skip
 _CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
 _METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-class SpecMismatchError(E5VSearchError):
-    """Vectors made with another model, revision, size or prompt than the index holds."""
 
 
 def now() -> str:
@@ -153,36 +146,9 @@ class Catalog:
         spec = self.spec()
         return spec["dim"] if spec else None
 
-    def check_spec(self, spec: dict, purpose: str = "query") -> list[str]:
-        """Refuse `spec` if it differs from the catalog's in a field that changes the vector
-        space; return notes on harmless differences (dtype, transformers version)."""
-        stored = self.spec()
-        if stored is None:
-            return []
-        known = stored.get("fingerprint") and spec.get("fingerprint")
-        strict = FINGERPRINTED_FIELDS if known else STRICT_SPEC_FIELDS
-        differ = [f for f in strict if stored.get(f) != spec.get(f)]
-        if differ:
-            said = ", ".join(
-                f"weights: index {stored['fingerprint']} ({stored.get('model')}), {purpose} "
-                f"{spec['fingerprint']} ({spec.get('model')})"
-                if f == "fingerprint"
-                else f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}"
-                for f in differ
-            )
-            raise SpecMismatchError(
-                f"this index was built with other embeddings ({said}). Use the index's model "
-                f"(--model {stored.get('model')}"
-                + (f" --revision {stored['revision']}" if stored.get("revision") else "")
-                + ") or a new index."
-            )
-        labels = ("model", "revision") if known else ()
-        return [
-            f"{f}: index {stored.get(f)!r}, {purpose} {spec.get(f)!r}"
-            + (" (the same weights)" if f in labels else "")
-            for f in (*labels, "dtype", "transformers")
-            if stored.get(f) != spec.get(f)
-        ]
+    def check_spec(self, spec: Spec, purpose: str = "query") -> list[str]:
+        """spec.check against this catalog's spec: raises on a mismatch, returns notes."""
+        return check(self.spec(), spec, purpose)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -197,16 +163,16 @@ class Catalog:
             if self._meta("next_id", 1) < next_id:
                 self._set_meta("next_id", next_id)
 
-    def _record_spec(self, spec: dict) -> None:
+    def _record_spec(self, spec: Spec) -> None:
         """The first write records the spec; a later one by the same model fills in the
         fingerprint an index made before fingerprints lacks (check_spec compared names)."""
         stored = self.spec()
         if stored is None:
-            self._set_meta("spec", spec)
-        elif not stored.get("fingerprint") and spec.get("fingerprint"):
-            self._set_meta("spec", {**stored, "fingerprint": spec["fingerprint"]})
+            self._set_meta("spec", spec.to_dict())
+        elif not stored.get("fingerprint") and spec.fingerprint:
+            self._set_meta("spec", {**stored, "fingerprint": spec.fingerprint})
 
-    def add(self, items: list[dict], vectors: np.ndarray, spec: dict) -> list[int]:
+    def add(self, items: list[dict], vectors: np.ndarray, spec: Spec) -> list[int]:
         """Insert items and their vectors in one transaction; return their new ids."""
         self._check_batch(items, vectors, spec)
         with transaction(self.conn):
@@ -238,7 +204,7 @@ class Catalog:
             self._set_meta("seq", seq)
         return ids
 
-    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: dict) -> None:
+    def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: Spec) -> None:
         """Replace the fields and vectors of existing items (a changed source file)."""
         self._check_batch(items, vectors, spec)
         with transaction(self.conn):
@@ -309,9 +275,9 @@ class Catalog:
         if bad:
             raise InputError(f"modality must be 'image' or 'text', got {bad[0]!r}")
         self.check_spec(spec, purpose="ingest")
-        if len(vectors) and np.shape(vectors)[1] != spec["dim"]:
+        if len(vectors) and np.shape(vectors)[1] != spec.dim:
             raise InputError(
-                f"vectors have {np.shape(vectors)[1]} values, the spec says {spec['dim']}"
+                f"vectors have {np.shape(vectors)[1]} values, the spec says {spec.dim}"
             )
         finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
         if len(vectors) and not finite.all():

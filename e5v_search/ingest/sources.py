@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
+from ..model.images import IMAGE_EXTENSIONS
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv")
 DEFAULT_TEXT_FIELD = "text"
@@ -53,14 +53,6 @@ class SourceError:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def scan(
@@ -144,59 +136,79 @@ def _file(path: str, text_field, id_field) -> Iterator[SourceItem | SourceError]
 
 
 def _texts(path, suffix, text_field, id_field) -> Iterator[SourceItem | SourceError]:
+    text_field = text_field or DEFAULT_TEXT_FIELD
+    if suffix != ".txt":
+        for row in read_records(path, column=text_field):
+            if isinstance(row, SourceError):
+                yield row
+            else:
+                yield _record(path, *row, text_field, id_field)
+        return
+    for locator, line in _lines(path):
+        if isinstance(line, SourceError):
+            yield line
+        elif line.strip():  # a .txt file has one text per non-empty line
+            yield SourceItem("text", path, locator, text=line.strip())
+
+
+def read_records(path: str, column: str | None = None) -> Iterator[tuple[str, dict] | SourceError]:
+    """The records of a .jsonl or .csv file as (locator, record), each bad one (or the whole
+    file, when it cannot be read) as a SourceError naming it: ingest and evaluation read with
+    this. `column`: a .csv without it in its header is one error (a .jsonl record without it is
+    the caller's to name)."""
+    if Path(path).suffix.lower() != ".csv":
+        for locator, line in _lines(path):
+            if isinstance(line, SourceError):
+                yield line
+            elif line.strip():
+                yield _json_record(path, locator, line)
+        return
     try:
-        data = Path(path).read_bytes()
+        text = Path(path).read_bytes().decode("utf-8-sig")
     except OSError as error:
         yield SourceError(path, "", f"cannot read ({error.strerror})")
         return
-    if suffix == ".csv":
-        yield from _csv_rows(path, data, text_field or DEFAULT_TEXT_FIELD, id_field)
-        return
-    for number, raw in enumerate(data.splitlines(), start=1):
-        locator = f"line {number}"
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as error:
-            yield SourceError(path, locator, f"not valid UTF-8 ({error.reason})")
-            continue
-        if suffix == ".txt":
-            if line.strip():  # a .txt file has one text per non-empty line
-                yield SourceItem("text", path, locator, text=line.strip())
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            yield SourceError(path, locator, f"not valid JSON ({error})")
-            continue
-        if not isinstance(record, dict):
-            yield SourceError(path, locator, "not a JSON object")
-            continue
-        yield _record(path, locator, record, text_field or DEFAULT_TEXT_FIELD, id_field)
-
-
-def _csv_rows(path, data: bytes, text_field, id_field) -> Iterator[SourceItem | SourceError]:
-    try:
-        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         yield SourceError(path, "", f"not valid UTF-8 ({error.reason} at byte {error.start})")
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or text_field not in reader.fieldnames:
+    if reader.fieldnames is None or (column is not None and column not in reader.fieldnames):
         columns = ", ".join(reader.fieldnames or []) or "none"
-        yield SourceError(
-            path, "", f"no {text_field!r} column (columns: {columns}; use --text-field)"
-        )
+        yield SourceError(path, "", f"no {column!r} column (columns: {columns}; use --text-field)")
         return
     try:
         for number, row in enumerate(reader, start=1):
             if None in row:
                 yield SourceError(path, f"row {number}", "more fields than the header has")
                 continue
-            yield _record(path, f"row {number}", row, text_field, id_field)
+            yield f"row {number}", row
     except csv.Error as error:
         yield SourceError(path, f"row {reader.line_num}", f"bad CSV ({error})")
+
+
+def _json_record(path: str, locator: str, line: str) -> tuple[str, dict] | SourceError:
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        return SourceError(path, locator, f"not valid JSON ({error})")
+    if not isinstance(record, dict):
+        return SourceError(path, locator, "not a JSON object")
+    return locator, record
+
+
+def _lines(path: str) -> Iterator[tuple[str, str | SourceError]]:
+    """(locator, line) of a UTF-8 text file; a line that is not UTF-8 as a SourceError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        yield "", SourceError(path, "", f"cannot read ({error.strerror})")
+        return
+    for number, raw in enumerate(data.splitlines(), start=1):
+        locator = f"line {number}"
+        try:
+            yield locator, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            yield locator, SourceError(path, locator, f"not valid UTF-8 ({error.reason})")
 
 
 def _record(path, locator, record: dict, text_field, id_field) -> SourceItem | SourceError:

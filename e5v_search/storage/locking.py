@@ -17,15 +17,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import E5VSearchError
+from ..config import LOCK_TIMEOUT
+from ..errors import IndexBusyError
 
 LOCK_FILE = "write.lock"
-DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
 _POLL = 0.1
-
-
-class IndexBusyError(E5VSearchError):
-    """Another process holds the index's writer lock for longer than we may wait."""
 
 
 class WriterLock:
@@ -33,7 +29,7 @@ class WriterLock:
                  on_wait=None):  # fmt: skip
         self.path = Path(directory) / LOCK_FILE
         self.purpose = purpose
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        self.timeout = LOCK_TIMEOUT if timeout is None else float(timeout)
         self.on_wait = on_wait  # called once with a message when the lock is busy
         self._fd: int | None = None
 

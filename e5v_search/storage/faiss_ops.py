@@ -17,15 +17,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import E5VSearchError
+from ..errors import IndexBuildError
+from ..files import replacing
 
 TRAIN_SAMPLE_PER_LIST = 64
 TRAIN_SAMPLE_MAX = 100_000
 TRAIN_BYTES = 2 * 2**30
-
-
-class IndexBuildError(E5VSearchError):
-    """The index type cannot be built from these vectors (bad factory string, too few vectors)."""
 
 
 def make(factory: str, dim: int) -> faiss.Index:
@@ -176,6 +173,22 @@ def search(index, queries: np.ndarray, k: int, among: np.ndarray | None = None):
     return index.search(queries, k, params=params)
 
 
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (scores, ids) of each row, best first, equal scores by smaller id; an id < 0
+    (no result) counts as -inf and comes back as -1. The one merge every search path uses
+    (chunks of an exact search, an on-disk base and its delta, re-ranked candidates, two
+    modalities, evaluation's brute force). `ids` is per row or one row shared by all."""
+    scores = np.asarray(scores, dtype=np.float32)
+    ids = np.broadcast_to(np.asarray(ids, dtype=np.int64), scores.shape)
+    valid = ids >= 0
+    scores = np.where(valid, scores, -np.inf)
+    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -scores))[:, :k]
+    best_scores = np.take_along_axis(scores, order, axis=1)
+    best_ids = np.take_along_axis(ids, order, axis=1).copy()
+    best_ids[~np.isfinite(best_scores)] = -1
+    return best_scores, best_ids
+
+
 def exact_search(queries: np.ndarray, chunks, k: int, exclude_self: bool = False):
     """Brute-force top-k over (ids, vectors) chunks, memory bounded by one chunk: the ground
     truth that approximate indexes are measured against. With `exclude_self`, a chunk id equal
@@ -189,15 +202,14 @@ def exact_search(queries: np.ndarray, chunks, k: int, exclude_self: bool = False
             scores[query_ids[:, None] == ids[None, :]] = -np.inf
         all_scores = np.concatenate([best_scores, scores], axis=1)
         all_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
-        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(all_scores, top, axis=1)
-        best_ids = np.take_along_axis(all_ids, top, axis=1)
-    best_ids[~np.isfinite(best_scores)] = -1
+        best_scores, best_ids = top_k(all_scores, all_ids, k)
     return best_scores, best_ids
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each query's exact top-k found in its approximate top-k."""
+def neighbour_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """How much of exact search an approximate index keeps: the mean share of each query's
+    exact top-k ids found in its approximate top-k (a fraction, 0..1). Not evaluation's
+    Recall@K, which asks whether a relevant item was found at all."""
     hits = [
         len(set(f[f >= 0]) & set(e[e >= 0])) / max((e >= 0).sum(), 1)
         for f, e in zip(found, exact, strict=True)
@@ -207,16 +219,8 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 def save(index, path: Path) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def load(path: Path):
@@ -232,14 +236,6 @@ def to_gpu(index):
         return faiss.index_cpu_to_all_gpus(index)
     except (RuntimeError, AttributeError):
         return None
-
-
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _faiss_message(error: Exception) -> str:

@@ -1,7 +1,8 @@
 """The HTTP API and the search page (FastAPI). Handlers only call the engine.
 
 The engine is opened and the model loaded once, at start-up. Every model call goes through one
-`ModelWorker` thread; FAISS and catalog reads are serialised by a lock (they take milliseconds).
+`ModelWorker` thread; index reads go through `_Index`, the engine behind a lock (they take
+milliseconds), which first follows what other processes committed.
 Files are served only for items the catalog knows, by integer id; uploads are size- and
 type-checked; the only files written are thumbnails inside the index directory.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,26 +23,24 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from .catalog import parse_filters
-from .errors import E5VSearchError, InputError
-from .images import DEFAULT_MAX_PIXELS, upright_rgb
-from .serving import THUMBNAIL_SIZES, ModelWorker, ThumbnailCache
+from ..config import MAX_PIXELS, MAX_UPLOAD_BYTES
+from ..engine import TARGET_OF, Result
+from ..errors import E5VSearchError, InputError
+from ..model.images import upright_rgb
+from ..storage.catalog import parse_filters
+from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache
+from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
-DEFAULT_MAX_UPLOAD = 20 * 2**20
 MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger one is a 422, never a 500
 Modality = Literal["image", "text", "any"]
 
 
-class ResultOut(BaseModel):
-    id: int
-    score: float
-    modality: str
-    source: str | None
-    locator: str
-    text: str | None
-    metadata: dict
-    thumbnail: str | None
+@dataclass
+class ResultOut(Result):
+    """A result as the engine returns it, with the URL of its thumbnail (images)."""
+
+    thumbnail: str | None = None
 
 
 class SearchOut(BaseModel):
@@ -51,31 +51,76 @@ class SearchOut(BaseModel):
 def create_app(
     engine,
     *,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
     thumbnail_cache_bytes: int = 256 * 2**20,
     text_cache_size: int = 1024,
 ) -> FastAPI:
     engine.spec()  # load the model now, and refuse a model the index was not built with
-    worker = ModelWorker(engine.encoder, cache_size=text_cache_size)
-    thumbnails = ThumbnailCache(engine.store.path / "thumbnails", thumbnail_cache_bytes)
-    store_lock = threading.Lock()
     app = FastAPI(
         title="e5v-search",
         description="Multimodal search with E5-V: texts and images in one vector space.",
         version="0.1.0",
     )
-    app.state.worker = worker
+    app.state.worker = ModelWorker(engine.encoder, cache_size=text_cache_size)
+    index = _Index(engine)
 
     @app.exception_handler(E5VSearchError)
     async def library_error(request: Request, error: E5VSearchError):
         return JSONResponse({"detail": str(error)}, status_code=400)
 
-    def run_search(vector, vector_of, k, modality, meta, started) -> SearchOut:
-        with store_lock:
-            engine.refresh()  # what a CLI ingest, delete or rebuild committed meanwhile
-            results = engine.search(
-                vector=vector, vector_of=vector_of, k=k, modality=modality, where=meta or None
-            )
+    _search_routes(app, index, app.state.worker, max_upload_bytes)
+    _item_routes(app, index, ThumbnailCache(engine.path / "thumbnails", thumbnail_cache_bytes))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return (STATIC / "index.html").read_text()
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+class _Index:
+    """The engine behind one lock: FAISS and catalog reads take milliseconds, and a refresh
+    (what a CLI ingest, delete or rebuild committed meanwhile) must not run beside a search."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+
+    def search(self, vector, target: str, k: int, filters: dict):
+        with self._lock:
+            self.engine.refresh()
+            return self.engine.search_vector(vector, target=target, k=k, where=filters or None)
+
+    def like(self, item_id: int, k: int, target: str | None, filters: dict):
+        with self._lock:
+            self.engine.refresh()
+            if not self.engine.items([item_id]):
+                raise HTTPException(404, f"no item with id {item_id}")
+            return self.engine.search(like=item_id, k=k, modality=target, where=filters or None)
+
+    def item(self, item_id: int, image: bool = False) -> dict:
+        with self._lock:
+            rows = self.engine.items([item_id])
+        if image and rows and (rows[0]["modality"] != "image" or not rows[0]["source"]):
+            rows = []
+        if not rows:
+            raise HTTPException(404, f"no {'image' if image else 'item'} with id {item_id}")
+        return rows[0]
+
+    def info(self) -> dict:
+        with self._lock:
+            self.engine.refresh()
+            return self.engine.info()
+
+    def counts(self) -> dict:
+        with self._lock:
+            return self.engine.counts()
+
+
+def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_bytes: int):
+    def answer(vector, kind: str, k: int, type: str | None, filters: dict, started) -> SearchOut:
+        results = index.search(vector, type or TARGET_OF[kind], k, filters)
         return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
 
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
@@ -91,15 +136,11 @@ def create_app(
         if (q is None) == (like is None):
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
-            with store_lock:
-                engine.refresh()
-                if not engine.store.catalog.get([like]):
-                    raise HTTPException(404, f"no item with id {like}")
-                results = engine.search(like=like, k=k, modality=type, where=filters or None)
+            results = index.like(like, k, type, filters)
             return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
         if not q.strip():
             raise HTTPException(400, "the query text is empty")
-        return run_search(worker.embed_text(q), "text", k, type, filters, started)
+        return answer(worker.embed_text(q), "text", k, type, filters, started)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
     async def search_image(
@@ -114,33 +155,26 @@ def create_app(
         filters = parse_filters(meta)
         text = text if text and text.strip() else None
         vector = await _in_thread(worker.embed_image, image, text)
-        return await _in_thread(
-            run_search, vector, "composed" if text else "image", k, type, filters, started
-        )
+        kind = "composed" if text else "image"
+        return await _in_thread(answer, vector, kind, k, type, filters, started)
 
+
+def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
     @app.get("/api/items/{item_id}", summary="An item's metadata")
     def item(item_id: int = FastPath(ge=1, le=MAX_ID)):
-        with store_lock:
-            rows = engine.store.catalog.get([item_id])
-        if not rows:
-            raise HTTPException(404, f"no item with id {item_id}")
-        row = rows[0]
+        row = index.item(item_id)
         return {**row, "thumbnail": _thumb_url(row["id"], row["modality"])}
 
     @app.get("/api/info", summary="Counts, model spec, index types and sizes")
     def info():
-        with store_lock:
-            engine.refresh()
-            return engine.info()
+        return index.info()
 
     @app.get("/api/health", summary="Liveness and what is loaded")
     def health():
-        with store_lock:
-            counts = {m: engine.store.catalog.count(m) for m in ("image", "text")}
-        encoder = engine.encoder
+        encoder = index.engine.encoder
         return {
             "status": "ok",
-            "items": counts,
+            "items": index.counts(),
             "model": encoder.model_id,
             "device": str(encoder.device),
         }
@@ -149,7 +183,7 @@ def create_app(
     def thumbnail(item_id: int = FastPath(ge=1, le=MAX_ID), size: int = Query(256)):
         if size not in THUMBNAIL_SIZES:
             raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
-        row = _image_item(item_id)
+        row = index.item(item_id, image=True)
         try:
             path = thumbnails.get(row, size)
         except InputError as error:
@@ -160,24 +194,10 @@ def create_app(
 
     @app.get("/files/{item_id}", summary="The original file of a stored image")
     def original(item_id: int = FastPath(ge=1, le=MAX_ID)):
-        row = _image_item(item_id)
+        row = index.item(item_id, image=True)
         if not Path(row["source"]).is_file():
             raise HTTPException(404, f"the file of item {item_id} is gone")
         return FileResponse(row["source"])
-
-    def _image_item(item_id: int) -> dict:
-        with store_lock:
-            rows = engine.store.catalog.get([item_id])
-        if not rows or rows[0]["modality"] != "image" or not rows[0]["source"]:
-            raise HTTPException(404, f"no image with id {item_id}")
-        return rows[0]
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page():
-        return (STATIC / "index.html").read_text()
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _out(result) -> ResultOut:
@@ -196,8 +216,8 @@ async def _read_upload(file: UploadFile, limit: int) -> Image.Image:
         raise HTTPException(400, "the upload is empty")
     try:
         image = Image.open(io.BytesIO(data))
-        if image.width * image.height > DEFAULT_MAX_PIXELS:
-            raise HTTPException(413, f"the image has over {DEFAULT_MAX_PIXELS:,} pixels")
+        if image.width * image.height > MAX_PIXELS:
+            raise HTTPException(413, f"the image has over {MAX_PIXELS:,} pixels")
         image.load()
         return upright_rgb(image)  # the same EXIF rule as a file on disk
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:

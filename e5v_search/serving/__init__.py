@@ -1,0 +1,6 @@
+"""The serving layer: the HTTP API and the search page.
+
+app (FastAPI handlers, each a call to the engine), worker (one thread owns the model;
+micro-batched texts; LRU cache), thumbnails (a bounded cache in the index directory), static/
+(the page: no build step).
+"""
