@@ -49,6 +49,13 @@ def model_options(command):
             help="Default: float16 on a GPU, float32 on a CPU [env: E5V_DTYPE].",
         ),
         click.option(
+            "--quantize",
+            envvar="E5V_QUANTIZE",
+            type=click.Choice(["int8", "nf4"]),
+            help="Load the language model's linear layers in 8 bits (int8) or 4 (nf4) with "
+            "bitsandbytes, GPU or CPU: about 1/2 or 1/3 of float16's memory [env: E5V_QUANTIZE].",
+        ),
+        click.option(
             "--batch-size",
             envvar="E5V_BATCH_SIZE",
             type=click.IntRange(min=1),
@@ -336,13 +343,13 @@ def info(index, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    from .spec import precision
+
     spec = data["spec"] or {}
     click.echo(f"index:   {data['path']}")
     click.echo(f"items:   {data['counts']['image']} images, {data['counts']['text']} texts")
-    details = ", ".join(
-        f"{k} {spec.get(k)}" for k in ("revision", "dtype", "dim", "prompt_version")
-    )
-    click.echo(f"model:   {spec.get('model')} ({details})")
+    details = ", ".join(f"{k} {spec.get(k)}" for k in ("revision", "dim", "prompt_version"))
+    click.echo(f"model:   {spec.get('model')} ({details}, vectors in {precision(spec)})")
     for modality, entry in data["indexes"].items():
         settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
         extra = f" {settings}" if settings else ""
@@ -369,6 +376,12 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     """Rebuild the FAISS indexes from the stored vectors (no model, no re-encoding)."""
     if factory and max_memory:
         raise click.UsageError("give --type or --max-memory, not both")
+    if max_memory:
+        from .storage.ondisk import parse_bytes
+
+        max_memory = parse_bytes(max_memory)
+        if max_memory < 10**6:  # "--max-memory 8" is a typo for 8GB, not a budget
+            raise click.UsageError("--max-memory: give at least 1MB (8GB, 512MiB)")
     with _open_engine(index) as engine:
         _echo_notices(engine)
         built = engine.rebuild(

@@ -91,15 +91,18 @@ class Engine:
         encoder=None,
         lock_timeout: float | None = None,
         on_wait=None,
+        quantize: str | None = None,
     ) -> Engine:
-        """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one.
+        """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one;
+        `quantize` (int8, nf4) loads the language model quantized (bitsandbytes).
         A write waits up to `lock_timeout` seconds for another process's write to finish,
         calling `on_wait` once with a message naming it."""
         from .model.encoder import ModelChoice
 
         choice = ModelChoice(
-            str(model), revision, device, dtype, batch_size, max_batch_tokens or MAX_BATCH_TOKENS
-        )
+            str(model), revision, device, dtype, batch_size, max_batch_tokens or MAX_BATCH_TOKENS,
+            quantize,
+        )  # fmt: skip
         store = Store.open(path, create=create, lock_timeout=lock_timeout, on_wait=on_wait)
         return cls(store, choice, encoder)
 
@@ -139,8 +142,9 @@ class Engine:
         """What the engine learnt that the user should hear, each line once: index files
         repaired, checkpoint traps repaired, harmless spec differences."""
         lines = [f"repaired: {line}" for line in self.store.repairs]
-        if self._encoder is not None:
-            lines += [f"model: {line}" for line in getattr(self._encoder, "repairs", [])]
+        repairs = getattr(self._encoder, "repairs", None)
+        if repairs:
+            lines.append(f"model: the checkpoint was repaired on loading: {'; '.join(repairs)}")
         lines += [f"note: {line}" for notes in self._accepted.values() for line in notes]
         new = [line for line in lines if line not in self._shown]
         self._shown.update(new)
@@ -325,8 +329,8 @@ class Engine:
         if factory and max_memory:
             raise InputError("give a FAISS type or a memory budget, not both")
         budget = parse_bytes(max_memory) if isinstance(max_memory, str) else max_memory
-        if budget is not None and budget < 10**6:
-            raise InputError(f"max memory {max_memory}: give at least 1MB (8GB, 512MiB)")
+        if budget is not None and budget < 1:
+            raise InputError(f"max memory {max_memory}: give a size such as 8GB or 512MiB")
         return self.store.rebuild(
             factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
         )

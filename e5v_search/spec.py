@@ -26,11 +26,15 @@ class Spec:
     revision: str | None = None
     fingerprint: str | None = None  # of the weights: checkpoint.fingerprint
     transformers: str | None = None
+    quantization: str | None = None  # int8, nf4: how the language model's weights were loaded
 
     @classmethod
-    def of(cls, model, revision, fingerprint, dim, dtype, prompt_version=None) -> Spec:
+    def of(
+        cls, model, revision, fingerprint, dim, dtype, prompt_version=None, quantization=None
+    ) -> Spec:
         """The spec of vectors made by `model` (its revision and weights' fingerprint) in
-        `dtype` (a torch dtype or its name), with this transformers and E5-V's prompts."""
+        `dtype` (a torch dtype or its name), quantized or not, with this transformers and
+        E5-V's prompts."""
         import transformers
 
         from .model.prompts import PROMPT_VERSION
@@ -43,6 +47,7 @@ class Spec:
             dtype=str(dtype).removeprefix("torch."),
             prompt_version=prompt_version or PROMPT_VERSION,
             transformers=transformers.__version__,
+            quantization=quantization,
         )
 
     @classmethod
@@ -83,9 +88,21 @@ def check(stored: dict | None, spec: Spec, purpose: str = "query") -> list[str]:
             + ") or a new index."
         )
     labels = ("model", "revision") if known else ()
-    return [
+    notes = [
         f"{f}: index {stored.get(f)!r}, {purpose} {given.get(f)!r}"
         + (" (the same weights)" if f in labels else "")
-        for f in (*labels, "dtype", "transformers")
+        for f in (*labels, "transformers")
         if stored.get(f) != given.get(f)
     ]
+    if precision(stored) != precision(given):
+        notes.append(
+            f"precision: index vectors in {precision(stored)}, {purpose} in {precision(given)}: "
+            "close, not equal (`e5v-search check --dtype/--quantize` measures how close)"
+        )
+    return notes
+
+
+def precision(spec: dict) -> str:
+    """The dtype, and the quantization when there is one: 'bfloat16', 'bfloat16 + int8'."""
+    quantization = spec.get("quantization")
+    return f"{spec.get('dtype')}" + (f" + {quantization}" if quantization else "")

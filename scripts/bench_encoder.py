@@ -5,6 +5,8 @@
     python scripts/bench_encoder.py --full-size --device cuda
                                                      # the real 8B architecture, random weights,
                                                      # bf16 and fp16, several batch sizes
+    python scripts/bench_encoder.py --precisions     # fp32, bf16, int8, nf4 side by side (CPU:
+                                                     # the tiny models; E5-V's weights computed)
 
 Reports items/s for texts and images, peak memory, max |diff| between the two paths' vectors,
 and the ratios; `--record` writes the table into docs/benchmarks.md with the machine. Full size:
@@ -138,6 +140,109 @@ def compare_cpu(args) -> str:
         "\n|---|---|---|---|---|---|---|"
     )
     return header + "\n" + "\n".join(rows)
+
+
+# ---- precisions: float32, bfloat16, int8, nf4 side by side ----------------------------------
+
+PRECISIONS = [("float32", None), ("bfloat16", None), (None, "int8"), (None, "nf4")]
+
+
+def compare_precisions(args) -> str:
+    """Each precision loaded from the same checkpoint in turn: the memory its weights take,
+    items/s and peak memory while embedding, and the cosine of its vectors to float32's."""
+    from e5v_search.training import cached_trained_checkpoint
+
+    models = [
+        (
+            "tiny, real vocab + geometry",
+            cached_tiny_checkpoint(real_geometry=True, real_vocab=True),
+        ),
+        ("trained tiny", cached_trained_checkpoint()),
+    ]
+    texts, images = make_texts(args.texts), make_images(args.images)
+    rows = []
+    for name, path in models:
+        reference = None
+        # The first precision runs twice, the first time unrecorded: one-off start-up costs
+        # (allocator, thread pools) would otherwise all land on float32.
+        for n, (dtype, quantize) in enumerate(PRECISIONS[:1] + PRECISIONS):
+            with PeakMemory(args.device) as loading:
+                encoder = E5VEncoder.from_pretrained(
+                    str(path), device=args.device, dtype=dtype, quantize=quantize
+                )
+            weights = encoder.model.get_memory_footprint()
+            speeds, vectors, peak = [], [], 0
+            for kind, items in (("texts", texts), ("images", images)):
+                embed = encoder.embed_texts if kind == "texts" else encoder.embed_images
+                seconds, memory, got = timed(args.device, partial(embed, progress=False), items)
+                speeds.append(len(items) / seconds)
+                vectors.append(got)
+                peak = max(peak, memory)
+            got = np.concatenate(vectors)
+            if n == 0:
+                continue
+            reference = got if reference is None else reference
+            cosine = (got * reference).sum(axis=1)
+            label = str(encoder.dtype).removeprefix("torch.") + (
+                f" + {quantize}" if quantize else ""
+            )
+            rows.append(
+                f"| {name} | {label} | {_mib(weights)} | {_mib(loading.bytes)} | {speeds[0]:.1f} | "
+                f"{speeds[1]:.1f} | {_mib(peak)} | {cosine.min():.5f} | {cosine.mean():.5f} |"
+            )
+            del encoder
+    header = (
+        f"Each precision loaded in turn from the same checkpoint on {args.device}; bitsandbytes "
+        "quantizes the language model's linear layers (int8: LLM.int8; nf4: 4-bit NormalFloat, "
+        f"bfloat16 compute), the vision tower, projector and embeddings stay in bfloat16. "
+        f"{len(texts)} texts and {len(images)} images; cosine against float32's vectors.\n"
+        f"Machine: {machine(args.device)}.\n"
+        f"Command: `{_command()}`\n\n"
+        "| model | precision | weights | load peak | texts/s | images/s | embed peak | "
+        "min cosine | mean cosine |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    return header + "\n" + "\n".join(rows) + "\n\n" + e5v_weights_table()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def e5v_weights_table() -> str:
+    """E5-V's weights per precision, computed from its parameter count (not measured): the
+    linear layers of the language model take 1 byte (int8) or ~0.56 (nf4: 4 bits plus a scale
+    per 64), the rest 2 bytes."""
+    from transformers import LlamaConfig, LlavaNextConfig
+
+    config = LlavaNextConfig(text_config=LlamaConfig(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128320,
+    ))  # fmt: skip
+    from e5v_search.model.encoder import estimated_parameters
+
+    total = estimated_parameters(config)
+    t = config.text_config
+    layer = (
+        t.hidden_size
+        * (t.hidden_size // t.num_attention_heads)
+        * 2
+        * (t.num_attention_heads + t.num_key_value_heads)
+        + 3 * t.hidden_size * t.intermediate_size
+    )
+    linear = t.num_hidden_layers * layer
+    rest = total - linear
+    sizes = {
+        "float32": 4 * total,
+        "bfloat16 / float16": 2 * total,
+        "bfloat16 + int8": linear + 2 * rest,
+        "bfloat16 + nf4": linear * 0.5625 + 2 * rest,
+    }
+    rows = [f"| {name} | {gib(size)} |" for name, size in sizes.items()]
+    return (
+        f"E5-V ({total / 1e9:.2f} B parameters, {linear / 1e9:.2f} B in the language model's "
+        "linear layers), weights only, computed:\n\n| precision | weights |\n|---|---|\n"
+        + "\n".join(rows)
+    )
 
 
 # ---- full size: the real 8B architecture with random weights, built on the GPU --------------
@@ -290,6 +395,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8, help="recipe items per call (CPU)")
     parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--precisions", action="store_true", help="fp32, bf16, int8, nf4")
     parser.add_argument("--layers", type=int, help="full size: fewer layers, for a smoke test")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
@@ -299,7 +405,9 @@ def main() -> None:
     args = parser.parse_args()
     global OUT_FILE
     OUT_FILE = args.out
-    if args.full_size:
+    if args.precisions:
+        table, section = compare_precisions(args), f"encoder-precisions-{args.device}"
+    elif args.full_size:
         table, section = compare_full_size(args), f"encoder-full-size-{args.device}"
     else:
         table, section = compare_cpu(args), "encoder-cpu"

@@ -241,7 +241,12 @@ def test_a_query_or_ingest_with_another_spec_is_refused(tmp_path):
     with pytest.raises(SpecMismatchError, match="prompt_version"):
         store.catalog.check_spec(other)
     notes = store.catalog.check_spec(replace(SPEC, dtype="float16"))
-    assert notes == ["dtype: index 'float32', query 'float16'"]
+    assert notes == [
+        "precision: index vectors in float32, query in float16: close, not equal "
+        "(`e5v-search check --dtype/--quantize` measures how close)"
+    ]
+    notes = store.catalog.check_spec(replace(SPEC, dtype="bfloat16", quantization="int8"))
+    assert len(notes) == 1 and "query in bfloat16 + int8" in notes[0]
 
 
 def test_a_catalog_of_the_previous_schema_migrates(tmp_path):

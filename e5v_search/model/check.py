@@ -14,6 +14,11 @@ batched, its normal path. The recipe runs on the repaired checkpoint: under tran
 royokong/e5-v needs the repairs even for the recipe (its `<image>` id lies past the embedding
 table). A run passes when every vector is finite, token counts agree, and each item's max |diff|
 is <= 1e-5 in float32 or its cosine >= 0.999 in float16 / bfloat16.
+
+With `quantize` (int8, nf4) the engine runs the quantized model and the recipe the same weights
+at full precision (the dtype asked, float32 on a CPU by default): the cosine is then the drift
+quantization costs on the user's own weights. The two are loaded one after the other, never
+together. Guide values: cosine >= 0.99 for int8, >= 0.95 for nf4.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ IMAGE_SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601)]  # (
 ROTATED_SIZES = [(640, 427), (500, 333)]  # stored sideways with EXIF Orientation 6
 COSINE_MIN = 0.999
 FP32_MAX_DIFF = 1e-5
+QUANTIZED_COSINE_MIN = {"int8": 0.99, "nf4": 0.95}
 
 
 @dataclass
@@ -66,13 +72,18 @@ class CheckReport:
     repairs: list[str]
     items: list[ItemCheck] = field(default_factory=list)
     timings: list[PathTiming] = field(default_factory=list)
+    quantization: str | None = None  # the engine's; the recipe then runs at full precision
 
     @property
     def exact(self) -> bool:
-        return self.dtype == "float32"
+        return self.dtype == "float32" and not self.quantization
+
+    @property
+    def cosine_min(self) -> float:
+        return QUANTIZED_COSINE_MIN[self.quantization] if self.quantization else COSINE_MIN
 
     def item_ok(self, item: ItemCheck) -> bool:
-        close = item.max_diff <= FP32_MAX_DIFF if self.exact else item.cosine >= COSINE_MIN
+        close = item.max_diff <= FP32_MAX_DIFF if self.exact else item.cosine >= self.cosine_min
         return item.finite and close and item.tokens == item.recipe_tokens
 
     @property
@@ -83,7 +94,8 @@ class CheckReport:
         """The report as the `check` command prints it."""
         from ..memory import gib
 
-        out = [f"{self.model} on {self.device}, {self.dtype}; pass: {self.rule}"]
+        precision = self.dtype + (f" + {self.quantization}" if self.quantization else "")
+        out = [f"{self.model} on {self.device}, {precision}; pass: {self.rule}"]
         out += [f"  repaired: {repair}" for repair in self.repairs]
         out.append(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
                    f"{'max|diff|':>11}  finite")  # fmt: skip
@@ -101,38 +113,67 @@ class CheckReport:
     def rule(self) -> str:
         if self.exact:
             return f"max |diff| <= {FP32_MAX_DIFF:g} (float32)"
+        if self.quantization:
+            return f"cosine >= {self.cosine_min} ({self.quantization} against full precision)"
         return f"cosine >= {COSINE_MIN} ({self.dtype})"
 
 
-def run_check(model, revision=None, device="auto", dtype=None, **encoder_options) -> CheckReport:
-    from .encoder import E5VEncoder, load_pretrained
+def run_check(
+    model, revision=None, device="auto", dtype=None, quantize=None, **encoder_options
+) -> CheckReport:
+    import gc
+
+    from .encoder import E5VEncoder, load_pretrained, resolve_device
 
     full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
+    # Wrapping repairs a legacy checkpoint (processor and model) for the recipe too.
     encoder = E5VEncoder(full, processor, model_id=str(model), revision=revision,
                          **encoder_options)  # fmt: skip
-    return check_encoder(encoder, full, processor)
+    if not quantize:
+        return check_encoder(encoder, full, processor)
+    with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
+        images = _make_images(Path(folder))
+        recipe = _recipe_side(full, processor, images, full.device)
+        del full, encoder  # the full-precision model goes before the quantized one comes
+        gc.collect()
+        if resolve_device(device).startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        encoder = E5VEncoder.from_pretrained(model, revision, device, dtype, quantize,
+                                             **encoder_options)  # fmt: skip
+        return _compare(encoder, images, recipe)
 
 
 def check_encoder(encoder, full, processor) -> CheckReport:
     """The check on objects already built: `encoder` wraps `full` (the whole
     LlavaNextForConditionalGeneration) and `processor`, which the recipe runs on."""
-    from .images import load_image
-
-    report = CheckReport(encoder.model_id, str(encoder.device), str(encoder.dtype).split(".")[-1],
-                         encoder.repairs)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
         images = _make_images(Path(folder))
-        upright = [load_image(path) for _, path in images]
-        _recipe(full, processor, TEXTS[:1], [], encoder.device)  # warm-up of both paths
-        encoder.embed_texts(TEXTS[:1])
-        ours, ours_time = _timed(encoder.device, lambda: _engine(encoder, images))
-        theirs, theirs_time = _timed(
-            encoder.device, lambda: _recipe(full, processor, TEXTS, upright, encoder.device)
-        )
-        tokens = _engine_tokens(encoder, images)
-        recipe_tokens = [_recipe_tokens(processor, prompts.text_prompt(t)) for t in TEXTS] + [
-            _recipe_tokens(processor, prompts.IMAGE_PROMPT, image) for image in upright
-        ]
+        recipe = _recipe_side(full, processor, images, encoder.device)
+        return _compare(encoder, images, recipe)
+
+
+def _recipe_side(full, processor, images, device):
+    """The recipe's vectors, (seconds, peak bytes) and token counts for TEXTS and `images`."""
+    from .images import load_image
+
+    upright = [load_image(path) for _, path in images]
+    _recipe(full, processor, TEXTS[:1], [], device)  # warm-up
+    theirs, timing = _timed(device, lambda: _recipe(full, processor, TEXTS, upright, device))
+    tokens = [_recipe_tokens(processor, prompts.text_prompt(t)) for t in TEXTS] + [
+        _recipe_tokens(processor, prompts.IMAGE_PROMPT, image) for image in upright
+    ]
+    return theirs, timing, tokens
+
+
+def _compare(encoder, images, recipe) -> CheckReport:
+    theirs, theirs_time, recipe_tokens = recipe
+    report = CheckReport(encoder.model_id, str(encoder.device), str(encoder.dtype).split(".")[-1],
+                         encoder.repairs, quantization=encoder.quantization)  # fmt: skip
+    encoder.embed_texts(TEXTS[:1])  # warm-up
+    ours, ours_time = _timed(encoder.device, lambda: _engine(encoder, images))
+    tokens = _engine_tokens(encoder, images)
     names = [("text", t if len(t) <= 30 else t[:27] + "...") for t in TEXTS] + [
         (kind, name) for (kind, name), _ in images
     ]

@@ -38,6 +38,7 @@ from .preprocess import PreparedImage, Preprocessor
 
 PROGRESS_MIN_ITEMS = 64
 LOOKAHEAD_BATCHES = 2  # batches prepared ahead of the model: keeps it fed, bounds memory
+QUANTIZATIONS = ("int8", "nf4")
 _DTYPES = {
     "float16": "float16",
     "fp16": "float16",
@@ -114,23 +115,56 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def spec_from_config(model: str, revision=None, device="cpu", dtype=None) -> Spec:
+def spec_from_config(model: str, revision=None, device="cpu", dtype=None, quantize=None) -> Spec:
     """The spec an encoder would report, read from the checkpoint's config alone."""
     from transformers import LlavaNextConfig
 
     config = LlavaNextConfig.from_pretrained(model, revision=revision)
     device = resolve_device(device)
-    if dtype is None and device == "cpu":  # the rule the workers' load_pretrained applies
+    if quantize and dtype is None:
+        dtype = "bfloat16" if device == "cpu" else "float16"  # the rule load_pretrained applies
+    elif dtype is None and device == "cpu":
         dtype = cpu_dtype(estimated_parameters(config), available_memory())
     torch_dtype = resolve_dtype(dtype, device)
     revision = revision or getattr(config, "_commit_hash", None)
     fingerprint = checkpoint.fingerprint(model, revision)
-    return Spec.of(model, revision, fingerprint, config.text_config.hidden_size, torch_dtype)
+    dim = config.text_config.hidden_size
+    return Spec.of(model, revision, fingerprint, dim, torch_dtype, quantization=quantize)
 
 
-def load_pretrained(model, revision=None, device="auto", dtype=None, full=False):
+def quantization_config(quantize: str, torch_dtype):
+    """bitsandbytes through transformers: the language model's linear layers in int8 (LLM.int8)
+    or 4-bit NF4; the vision tower, projector, embeddings and norms stay in `torch_dtype`. The
+    same library on CUDA and on the CPU (bitsandbytes >= 0.48 has CPU kernels for both)."""
+    if quantize not in QUANTIZATIONS:
+        raise InputError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    # Its CPU backend warns on import that it cannot fetch an optional faster 4-bit kernel from
+    # the hub (the `kernels` package); the built-in one it falls back to is what we measured.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ModelLoadError(
+            f"--quantize {quantize} needs bitsandbytes: pip install 'e5v-search[quantize]'"
+        ) from error
+    from transformers import BitsAndBytesConfig
+
+    keep = ["vision_tower", "multi_modal_projector", "lm_head"]
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch_dtype,
+        llm_int8_skip_modules=keep,
+    )
+
+
+def load_pretrained(model, revision=None, device="auto", dtype=None, full=False, quantize=None):
     """(model, processor, revision) from a hub id or a local directory: the base LlavaNextModel,
-    or with `full` the whole LlavaNextForConditionalGeneration (lm_head too) the recipe runs."""
+    or with `full` the whole LlavaNextForConditionalGeneration (lm_head too) the recipe runs.
+    `quantize` (int8, nf4): the language model's linear layers quantized on loading, the rest
+    in bfloat16 on a CPU and float16 on a GPU unless `dtype` says otherwise."""
     from transformers import (
         LlavaNextForConditionalGeneration,
         LlavaNextModel,
@@ -138,16 +172,22 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False)
     )
 
     device = resolve_device(device)
-    if dtype is None and device == "cpu":
+    if quantize and dtype is None:
+        dtype = "bfloat16" if device == "cpu" else "float16"
+    elif dtype is None and device == "cpu":
         dtype = _cpu_dtype_for(model, revision)
     torch_dtype = resolve_dtype(dtype, device)
+    options = {}
+    if quantize:
+        options = {"quantization_config": quantization_config(quantize, torch_dtype)}
     model_class = LlavaNextForConditionalGeneration if full else LlavaNextModel
     try:
         # The PIL image backend everywhere: a GPU box with torchvision then preprocesses
         # exactly like a laptop without (and anyres.py makes both E5-V's own pixels).
         processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
-        # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B.
-        placement = {} if device == "cpu" else {"device_map": device}
+        # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B;
+        # bitsandbytes quantizes while placing, so it always takes one.
+        placement = {} if device == "cpu" and not quantize else {"device_map": device}
         with _quiet_transformers():
             net, info = model_class.from_pretrained(
                 model,
@@ -155,6 +195,7 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False)
                 dtype=torch_dtype,
                 output_loading_info=True,
                 **placement,
+                **options,
             )
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -185,6 +226,7 @@ class ModelChoice:
     dtype: Any = None  # float16, bfloat16, float32 (or a torch dtype); None: the device's default
     batch_size: int | None = None
     max_batch_tokens: int = MAX_BATCH_TOKENS
+    quantize: str | None = None  # int8 or nf4: the language model's linear layers
 
     def load(self) -> E5VEncoder:
         return E5VEncoder.from_pretrained(
@@ -192,13 +234,14 @@ class ModelChoice:
             self.revision,
             self.device,
             self.dtype,
+            quantize=self.quantize,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
         )
 
     def spec_on(self, device: str) -> Spec:
         """The spec an encoder loaded on `device` would report, from the config alone."""
-        return spec_from_config(self.model, self.revision, device, self.dtype)
+        return spec_from_config(self.model, self.revision, device, self.dtype, self.quantize)
 
 
 class E5VEncoder:
@@ -217,8 +260,10 @@ class E5VEncoder:
         revision: str | None = None,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         batch_size: int | None = None,
+        quantization: str | None = None,
     ):
         self.model = getattr(model, "model", model).eval()
+        self.quantization = quantization  # how the weights were loaded (int8, nf4), if at all
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.model_id = model_id
@@ -240,11 +285,14 @@ class E5VEncoder:
         revision: str | None = None,
         device: str | None = "auto",
         dtype=None,
+        quantize: str | None = None,
         **options,
     ) -> E5VEncoder:
-        """Load from a hub id or a local directory; `options` go to the constructor."""
-        net, processor, revision = load_pretrained(model, revision, device, dtype)
-        return cls(net, processor, model_id=str(model), revision=revision, **options)
+        """Load from a hub id or a local directory, with `quantize` (int8, nf4) the language
+        model quantized; `options` go to the constructor."""
+        net, processor, revision = load_pretrained(model, revision, device, dtype, False, quantize)
+        return cls(net, processor, model_id=str(model), revision=revision, quantization=quantize,
+                   **options)  # fmt: skip
 
     @property
     def device(self):
@@ -262,7 +310,8 @@ class E5VEncoder:
         """What an embedding depends on; an index records it and refuses queries made otherwise."""
         if self._fingerprint is None:  # reads ~1 MiB per weight file: once
             self._fingerprint = checkpoint.fingerprint(self.model_id, self.revision)
-        return Spec.of(self.model_id, self.revision, self._fingerprint, self.dim, self.dtype)
+        return Spec.of(self.model_id, self.revision, self._fingerprint, self.dim, self.dtype,
+                       quantization=self.quantization)  # fmt: skip
 
     def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
         """Image placeholder tokens for images of these (height, width), without any pixels."""
