@@ -322,3 +322,46 @@ def test_a_repair_that_cannot_train_falls_back_to_flat(tmp_path):
     assert any("Flat instead" in line for line in reopened.repairs)
     assert reopened.info()["indexes"]["image"]["factory"] == "Flat"
     assert reopened.indexes["image"].ntotal == 10
+
+
+def test_a_reader_maps_the_files_and_a_writer_works_on_its_own_copy(tmp_path):
+    """Opening maps the index files (O(1)); changing a mapped FAISS index would abort the
+    process, so every change goes to a copy: a write in the reading process, and a catch-up
+    with commits another writer has not saved yet."""
+    path = tmp_path / "ix"
+    writer, ids, vectors, modality = _fill(path)
+    writer.close()
+    reader = Store.open(path)
+    assert reader._mapped == {"image", "text"}
+    queries = clustered_vectors(5, DIM, seed=5)
+    scores, expected = _brute(queries, vectors[modality == "text"], ids[modality == "text"], 5)
+    assert [[h.id for h in r] for r in reader.search(queries, 5, "text")] == expected.tolist()
+    other = Store.open(path)  # a second writer commits, and does not save yet
+    with other.writing():
+        (late,) = other.add(_items(1, "text", start=5000), queries[:1], SPEC)
+        assert reader.refresh()  # caught up in memory, on a copy
+        assert reader.search(queries[:1], 1, "text")[0][0].id == late
+        assert "text" not in reader._mapped and "image" in reader._mapped
+    other.close()
+    reader.refresh()  # the new files: mapped again
+    assert reader._mapped == {"image", "text"}
+    with reader.writing():  # the reader writes: its own copies, the files replaced at the end
+        assert not reader._mapped
+        reader.delete([late])
+    assert Store.open(path).catalog.count("text") == 400
+
+
+def test_a_large_file_is_checked_by_its_probe(tmp_path, monkeypatch):
+    from e5v_search.storage import integrity
+
+    monkeypatch.setattr(integrity, "PROBE_WHOLE", 4096)  # this 100 KB file counts as large
+    path = tmp_path / "ix"
+    _fill(path, n_image=0, n_text=400)[0].close()
+    record = json.loads((path / "manifest.json").read_text())["indexes"]["text"]["files"]
+    assert record["text.faiss"]["probe"].startswith("probe:")
+    data = bytearray((path / "text.faiss").read_bytes())
+    data[10:18] = b"\xff" * 8  # inside the first probed block, the size unchanged
+    (path / "text.faiss").write_bytes(bytes(data))
+    reopened = Store.open(path)
+    assert any("checksum" in line for line in reopened.repairs)
+    assert reopened.indexes["text"].ntotal == 400

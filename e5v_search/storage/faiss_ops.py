@@ -223,9 +223,16 @@ def save(index, path: Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
-def load(path: Path):
-    index = faiss.read_index(str(path))
-    return index
+def load(path: Path, mmap: bool = False):
+    """Read an index file. With `mmap` its vectors stay in the file and are paged in as
+    searches touch them: opening is O(1) in the collection's size. A mapped index must never be
+    changed (FAISS aborts the process): take `owned(index)` first."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+
+
+def owned(index):
+    """A copy of `index` that holds its own data, so it can be changed."""
+    return faiss.deserialize_index(faiss.serialize_index(index))
 
 
 def to_gpu(index):

@@ -74,6 +74,7 @@ class Store:
         self.manifest = manifest
         self.indexes: dict[str, object] = {}
         self._gpu: dict[str, object] = {}
+        self._mapped: set[str] = set()  # modalities whose index is read from its mapped file
         self._dirty: set[str] = set()
         self.repairs: list[str] = []
         self.covered = 0  # the catalog change counter the in-memory indexes reflect
@@ -147,6 +148,8 @@ class Store:
             self._writing = 1
             try:
                 self.refresh()
+                for modality in list(self._mapped):  # a writer changes them: its own copies
+                    self._own(modality)
                 self.catalog.never_reuse_below(self.manifest.get("next_id", 1))
                 self._remove_leftovers()
                 if self.damaged and purpose != "rebuild":
@@ -164,6 +167,7 @@ class Store:
             manifest = read_manifest(self.path / MANIFEST)
             if manifest.get("save_id") != self.manifest.get("save_id"):
                 self.manifest, self.indexes, self._gpu = manifest, {}, {}
+                self._mapped.clear()
                 self._dirty.clear()
                 self.damaged.clear()
                 self.repairs = []  # what the new files need, not what the old ones did
@@ -224,7 +228,11 @@ class Store:
                 if entry.get("ondisk"):
                     self.indexes[modality] = ondisk.load(self.path, entry)
                 else:
-                    self.indexes[modality] = fx.load(file)
+                    # A reader of files that cover the catalog maps them: O(1) to open.
+                    mapped = not self._writing and covered == seq
+                    self.indexes[modality] = fx.load(file, mmap=mapped)
+                    if mapped:
+                        self._mapped.add(modality)
             except (RuntimeError, OSError, KeyError, ValueError) as error:
                 self._rebuild(
                     modality, self._factory_of(modality), f"{file.name} unreadable ({error})"
@@ -245,13 +253,23 @@ class Store:
         for line in self.repairs:
             log.warning("%s: %s", self.path, line)
 
+    def _own(self, modality: str) -> None:
+        """Replace a mapped index by a copy that holds its data: FAISS aborts the process when
+        a mapped index is changed. Copied from memory, not read again: the file may have been
+        replaced since it was mapped."""
+        if modality in self._mapped:
+            self.indexes[modality] = fx.owned(self.indexes[modality])
+            self._mapped.discard(modality)
+            self._gpu.pop(modality, None)
+
     def _catch_up(self, modality: str, covered: int, repair: bool = True) -> None:
-        index = self.indexes[modality]
         gone = self.catalog.deleted_since(covered)[modality]
         changed = [chunk for chunk in self.catalog.iter_vectors(modality, since_seq=covered)]
         changed_ids = np.concatenate([c[0] for c in changed]) if changed else np.empty(0, np.int64)
         if not len(changed_ids) and not len(gone):
             return  # the changes it missed were all in the other modality
+        self._own(modality)
+        index = self.indexes[modality]
         # An updated item is removed then added again with its new vector.
         if not fx.remove(index, np.concatenate([gone, changed_ids])):
             self._rebuild(modality, self._factory_of(modality), "missed changes, cannot remove")
@@ -302,6 +320,7 @@ class Store:
             for ids, vectors in chunks:
                 fx.add(index, ids, vectors)
         self.indexes[modality] = index
+        self._mapped.discard(modality)
         self.damaged.pop(modality, None)
         self._gpu.pop(modality, None)
         self._dirty.add(modality)
@@ -604,6 +623,7 @@ class Store:
                     "vectors": int(self.indexes[m].ntotal),
                     "bytes": sum(p.stat().st_size for p in files[m] if p.exists()),
                     "on_disk": bool(entries.get(m, {}).get("ondisk")),
+                    "mapped": m in self._mapped,  # read from its file as searches need it
                     "rerank": entries.get(m, {}).get("rerank"),
                     **fx.search_settings(self.indexes[m]),
                 }
