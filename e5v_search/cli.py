@@ -222,6 +222,9 @@ def check(as_json, **model_args):
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="Refuse larger images (decompression bombs).")  # fmt: skip
+@click.option("--max-memory", envvar="E5V_MAX_MEMORY", help="Memory the index may take (8GB, "
+              "512MiB): its type follows the collection within it [half the RAM; env "
+              "E5V_MAX_MEMORY].")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
 @click.option(
     "--ray", "use_ray", is_flag=True, help="Run on Ray Data (pip install e5v-search[ray])."
@@ -232,8 +235,8 @@ def check(as_json, **model_args):
               help="Embedding actors when there is no GPU.")  # fmt: skip
 @model_options
 @_errors_to_click
-def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, quiet, use_ray,
-           address, gpus, ray_actors, **model_args):  # fmt: skip
+def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, max_memory, quiet,
+           use_ray, address, gpus, ray_actors, **model_args):  # fmt: skip
     """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
 
     Reruns embed only what is new or changed; a killed run continues where it stopped. Each
@@ -267,8 +270,11 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, qui
             max_pixels=max_pixels,
             on_error=report_error,
             progress=False if quiet else None,
+            max_memory=max_memory,
         )
         _echo_notices(engine)
+    for change in report.index_changes:
+        click.echo(f"index: {change}", err=True)
     if not quiet:
         click.echo(
             f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
@@ -377,7 +383,7 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     if factory and max_memory:
         raise click.UsageError("give --type or --max-memory, not both")
     if max_memory:
-        from .storage.ondisk import parse_bytes
+        from .config import parse_bytes
 
         max_memory = parse_bytes(max_memory)
         if max_memory < 10**6:  # "--max-memory 8" is a typo for 8GB, not a budget

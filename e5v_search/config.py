@@ -4,6 +4,7 @@ Light on purpose (standard library only): `e5v-search --help` imports it.
 """
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT_MODEL = "royokong/e5-v"
@@ -13,6 +14,30 @@ MAX_UPLOAD_BYTES = 20 * 2**20  # the server's upload limit
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
 INDEXES = Path("indexes")  # home of named indexes
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B?)\s*$", re.I)
+
+
+def parse_bytes(text: str) -> int:
+    """'8GB' -> 8e9, '512MiB' -> 512 * 2**20, '1.5G' -> 1.5e9."""
+    from .errors import InputError
+
+    match = _SIZE.match(str(text))
+    if not match:
+        raise InputError(f"{text!r} is not a size: write 8GB, 512MB or 2GiB")
+    number, unit, binary = match.groups()
+    base = 1024 if binary.upper().startswith("I") else 1000
+    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
+
+
+def index_memory() -> int:
+    """The memory the index of a collection may take, which decides its type: $E5V_MAX_MEMORY,
+    else half of this machine's RAM (the model and the rest of the work need the other half)."""
+    env = os.environ.get("E5V_MAX_MEMORY")
+    if env:
+        return parse_bytes(env)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 def default_workers() -> int:

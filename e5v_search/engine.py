@@ -55,6 +55,7 @@ class IngestReport:
     pruned: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    index_changes: list[str] = field(default_factory=list)  # types the policy switched, and why
 
     @property
     def items_per_second(self) -> float:
@@ -164,10 +165,14 @@ class Engine:
         on_error=None,
         progress: bool | None = None,
         ray=None,
+        max_memory: int | str | None = None,
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
-        `ray` (a ray_backend.RayOptions) runs the work on Ray Data instead of local threads."""
+        `ray` (a ray_backend.RayOptions) runs the work on Ray Data instead of local threads.
+        At the end each modality's index type follows the collection (storage/policy.py) within
+        `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
+        else $E5V_MAX_MEMORY, else half the RAM)."""
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
@@ -190,8 +195,16 @@ class Engine:
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
             run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
+            report.index_changes = self.store.follow_policy(self._budget(max_memory))
         report.seconds = time.perf_counter() - started
         return report
+
+    def _budget(self, max_memory) -> int:
+        from .config import index_memory, parse_bytes
+
+        if max_memory is not None:
+            return parse_bytes(max_memory) if isinstance(max_memory, str) else int(max_memory)
+        return self.store.manifest.get("max_memory") or index_memory()
 
     def add_embedded(self, records: list[dict], vectors, prompt_version: str) -> list[int]:
         """Store vectors this engine's encoder made with another prompt (evaluation's CIRR
@@ -324,7 +337,7 @@ class Engine:
     def rebuild(self, factory=None, *, nprobe=None, ef_search=None, max_memory=None, rerank=None):
         """Rebuild from the stored vectors (no model); see Store.rebuild. `max_memory`: bytes,
         or a size such as "8GB" or "512MiB"."""
-        from .storage.ondisk import parse_bytes
+        from .config import parse_bytes
 
         if factory and max_memory:
             raise InputError("give a FAISS type or a memory budget, not both")

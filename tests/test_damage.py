@@ -80,7 +80,7 @@ def test_a_zero_byte_mask_or_delta_is_named(tmp_path, on_disk, part):
     path, stem = _copy(on_disk, tmp_path)
     with Store.open(path) as store:
         store.delete([1, 2])  # writes the mask and the delta
-    suffix = {"masked": "masked.npy", "delta": "delta.faiss"}[part]
+    suffix = {"masked": "masked.npy", "delta": "delta.npz"}[part]
     (path / f"{stem}.{suffix}").write_bytes(b"")
     _assert_named(_cli("search", "--like", "3", "--index", path), f"{stem}.{suffix} is damaged")
 

@@ -4,6 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
+from e5v_search.config import parse_bytes
 from e5v_search.errors import InputError
 from e5v_search.spec import Spec
 from e5v_search.storage import faiss_ops as fx
@@ -18,11 +19,11 @@ SPEC = Spec(
 
 
 def test_sizes_parse():
-    assert ondisk.parse_bytes("8GB") == 8 * 10**9
-    assert ondisk.parse_bytes("512MiB") == 512 * 2**20
-    assert ondisk.parse_bytes("1.5 g") == 1_500_000_000
+    assert parse_bytes("8GB") == 8 * 10**9
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1.5 g") == 1_500_000_000
     with pytest.raises(InputError, match="not a size"):
-        ondisk.parse_bytes("lots")
+        parse_bytes("lots")
 
 
 def test_the_choice_follows_the_budget():
@@ -80,6 +81,33 @@ def test_a_layered_index_takes_adds_removes_and_updates(tmp_path):
     again = ondisk.load(tmp_path, {"file": name, "base_max_id": largest})
     assert again.ntotal == layered.ntotal
     assert sorted(again.ids().tolist()) == sorted(set(range(3, 2006)) - {2003})
+
+
+def test_the_delta_is_stored_as_compressed_as_the_base(tmp_path):
+    vectors = clustered_vectors(3000, DIM)
+    ids = np.arange(1, 3001, dtype=np.int64)
+    trained = fx.make("IVF32,PQ16", DIM)
+    fx.train(trained, vectors[:2500], "IVF32,PQ16")
+    name, largest = ondisk.build(trained, [(ids[:2500], vectors[:2500])], tmp_path, "image", 1)
+    entry = {"file": name, "base_max_id": largest}
+    # A delta saved before deltas were compressed: a Flat index of 200 vectors.
+    old = fx.make("Flat", DIM)
+    fx.add(old, ids[2500:2700], vectors[2500:2700])
+    fx.save(old, tmp_path / "image.g1.delta.faiss")
+    layered = ondisk.load(tmp_path, entry)
+    fx.add(layered, ids[2700:], vectors[2700:])
+    assert layered.ntotal == 3000
+    reference = faiss.clone_index(trained)  # the same vectors in one in-memory index
+    fx.add(reference, ids, vectors)
+    queries = clustered_vectors(20, DIM, seed=4)
+    expected = fx.search(reference, queries, 10)
+    assert np.array_equal(fx.search(layered, queries, 10)[1], expected[1])
+    ondisk.save(layered, tmp_path, entry)
+    assert not (tmp_path / "image.g1.delta.faiss").exists()  # converted
+    # 500 vectors as PQ16 codes and ids (~12 KB), not 500 x 64 floats (128 KB as Flat).
+    assert (tmp_path / "image.g1.delta.npz").stat().st_size < 500 * (16 + 8) + 2000
+    again = ondisk.load(tmp_path, entry)
+    assert np.array_equal(fx.search(again, queries, 10)[1], expected[1])
 
 
 def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_path):

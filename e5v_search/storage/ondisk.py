@@ -3,17 +3,19 @@ shard with its inverted lists merged on disk, and keeping such an index current 
 rewriting it.
 
 An on-disk index is an immutable base (`<modality>.g<N>.faiss` + `.ivfdata`, the lists paged in
-by the OS) plus, for what changed since it was built, an in-memory Flat delta (new and updated
-items) and a mask (ids removed from, or updated in, the base). All files of one generation `N`
-belong together; the manifest names the generation in use, so a crash mid-build leaves the old
-one intact. A rebuild folds the delta back in.
+by the OS) plus, for what changed since it was built, a delta (new and updated items) and a mask
+(ids removed from, or updated in, the base). The delta is an empty copy of the base's trained
+structure (the same coarse quantizer, rotation and codebooks), so new vectors are stored as
+compressed as the base's: its file (`.delta.npz`) holds only its lists' ids and codes, and a save
+writes O(vectors added since the build), not 16 KiB each. All files of one generation `N` belong
+together; the manifest names the generation in use, so a crash mid-build leaves the old one
+intact. A rebuild folds the delta back in.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -28,17 +30,6 @@ from . import faiss_ops as fx
 
 ID_BYTES = 8
 FLAT_OVERHEAD = 24  # IndexIDMap2: the id and its reverse-map entry, per vector
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B?)\s*$", re.I)
-
-
-def parse_bytes(text: str) -> int:
-    """'8GB' -> 8e9, '512MiB' -> 512 * 2**20, '1.5G' -> 1.5e9."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise InputError(f"{text!r} is not a size: write 8GB, 512MB or 2GiB")
-    number, unit, binary = match.groups()
-    base = 1024 if binary.upper().startswith("I") else 1000
-    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
 
 
 @dataclass
@@ -140,6 +131,9 @@ class LayeredIndex:
 
     def search_among(self, queries, k: int, among=None):
         allowed = None if among is None else np.setdiff1d(np.asarray(among, np.int64), self.masked)
+        delta_ivf = fx._ivf(self.delta)
+        if delta_ivf is not None:  # the delta searches as deep as the base
+            delta_ivf.nprobe = faiss.extract_index_ivf(self.base).nprobe
         base = self._search_base(queries, k, allowed)
         delta = fx.search(self.delta, queries, k, among=among)
         scores = np.concatenate([base[0], delta[0]], axis=1)
@@ -193,17 +187,73 @@ def load(folder: Path, entry: dict) -> LayeredIndex:
     stem = entry["file"].removesuffix(".faiss")
     with fx._native_stderr(), _native_stdout():  # "updating ondisk filename" lines
         base = faiss.read_index(str(folder / entry["file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    delta_file, mask_file = folder / f"{stem}.delta.faiss", folder / f"{stem}.masked.npy"
-    delta = fx.load(delta_file) if delta_file.exists() else fx.make("Flat", base.d)
+    delta = _empty_delta(folder / entry["file"])
+    delta_file, mask_file = folder / f"{stem}.delta.npz", folder / f"{stem}.masked.npy"
+    if delta_file.exists():
+        with np.load(delta_file) as data:
+            _fill(delta, data["lists"], data["sizes"], data["ids"], data["codes"])
+    old = folder / f"{stem}.delta.faiss"  # a Flat delta, as saved before deltas were compressed
+    if old.exists():
+        flat = fx.load(old)
+        ids = fx.ids_of(flat)
+        fx.add(delta, ids, flat.reconstruct_batch(ids))
     masked = np.load(mask_file) if mask_file.exists() else np.empty(0, dtype=np.int64)
     return LayeredIndex(base, delta, masked, entry["base_max_id"])
 
 
 def save(index: LayeredIndex, folder: Path, entry: dict) -> None:
-    """Write the delta and the mask atomically; the base is never rewritten."""
+    """Write the delta's lists and the mask atomically; the base is never rewritten."""
     stem = entry["file"].removesuffix(".faiss")
-    fx.save(index.delta, folder / f"{stem}.delta.faiss")
+    arrays = _lists_of(index.delta)
+    write_bytes(folder / f"{stem}.delta.npz", lambda f: np.savez(f, **arrays))
     write_bytes(folder / f"{stem}.masked.npy", lambda f: np.save(f, index.masked))
+    (folder / f"{stem}.delta.faiss").unlink(missing_ok=True)  # converted: the .npz has it
+
+
+def _empty_delta(base_file: Path):
+    """The base's trained structure (quantizer, rotation, codebooks) with empty lists in
+    memory: what it compresses new vectors with."""
+    delta = faiss.read_index(str(base_file), faiss.IO_FLAG_SKIP_IVF_DATA)
+    ivf = fx._ivf(delta)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns and frees it now, not Python
+    ivf.ntotal = delta.ntotal = 0
+    return delta
+
+
+def _lists_of(delta) -> dict[str, np.ndarray]:
+    """The delta's non-empty lists: their numbers and sizes, and all ids and codes in order."""
+    invlists = fx._ivf(delta).invlists
+    numbers = [i for i in range(invlists.nlist) if invlists.list_size(i)]
+    sizes = [invlists.list_size(i) for i in numbers]
+    code_size = invlists.code_size
+
+    def gather(get, width, dtype):
+        parts = [
+            faiss.rev_swig_ptr(get(i), n * width).copy()
+            for i, n in zip(numbers, sizes, strict=True)
+        ]
+        return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
+
+    return {
+        "lists": np.array(numbers, dtype=np.int64),
+        "sizes": np.array(sizes, dtype=np.int64),
+        "ids": gather(invlists.get_ids, 1, np.int64),
+        "codes": gather(invlists.get_codes, code_size, np.uint8),
+    }
+
+
+def _fill(delta, numbers, sizes, ids, codes) -> None:
+    ivf = fx._ivf(delta)
+    code_size, start = ivf.code_size, 0
+    for number, size in zip(numbers, sizes, strict=True):
+        part_ids = np.ascontiguousarray(ids[start : start + size], dtype=np.int64)
+        part_codes = np.ascontiguousarray(codes[start * code_size : (start + size) * code_size])
+        ivf.invlists.add_entries(int(number), int(size), faiss.swig_ptr(part_ids),
+                                 faiss.swig_ptr(part_codes))  # fmt: skip
+        start += int(size)
+    ivf.ntotal = delta.ntotal = start
 
 
 def files_of(folder: Path, entry: dict) -> list[Path]:
@@ -212,7 +262,8 @@ def files_of(folder: Path, entry: dict) -> list[Path]:
     if not entry.get("ondisk"):
         return [folder / file] if file else []
     stem = file.removesuffix(".faiss")
-    names = [file, f"{stem}.ivfdata", f"{stem}.delta.faiss", f"{stem}.masked.npy"]
+    names = [file, f"{stem}.ivfdata", f"{stem}.delta.npz", f"{stem}.delta.faiss"]
+    names.append(f"{stem}.masked.npy")
     return [folder / name for name in names if (folder / name).exists()]
 
 

@@ -553,11 +553,13 @@ class Store:
                 "search": {"nprobe": nprobe, "ef_search": ef_search},
                 "rerank": rerank,
             }
+            chosen_by = current.get("chosen_by") if keep else "user" if factory else "policy"
             try:
                 entry = self._rebuild(modality, chosen, on_disk=on_disk)
             except IndexBuildError as error:
                 failures.append((modality, count, chosen, error))
                 continue
+            self.manifest["indexes"][modality]["chosen_by"] = chosen_by
             if note:
                 entry["note"] = note
             stats.append(entry)
@@ -571,11 +573,28 @@ class Store:
             stats.append(entry)
         if factory:
             self.manifest["factory"] = factory
+        if max_memory:  # later ingests keep to it (policy.py)
+            self.manifest["max_memory"] = int(max_memory)
         self.save()
         for entry in stats:
             files = ondisk.files_of(self.path, self.manifest["indexes"][entry["modality"]])
             entry["bytes"] = sum(p.stat().st_size for p in files)
         return stats
+
+    def rebuild_modality(self, modality: str, factory: str, on_disk: bool) -> dict:
+        """Rebuild one modality in another type for the index policy (policy.py); the caller
+        holds the writer lock and the save happens when it ends."""
+        rerank = self.manifest.get("indexes", {}).get(modality, {}).get("rerank")
+        stats = self._rebuild(modality, factory, on_disk=on_disk)
+        self.manifest["indexes"][modality].update(chosen_by="policy", rerank=rerank)
+        return stats
+
+    def follow_policy(self, budget: int) -> list[str]:
+        """Give each modality the type `budget` calls for at its size (policy.follow)."""
+        from .policy import follow
+
+        with self.writing("ingest"):
+            return follow(self, budget)
 
     def set_search(self, modality: str, rerank=None, nprobe=None, ef_search=None) -> None:
         """Change how a modality's index is searched, without rebuilding it; saved."""
@@ -625,6 +644,8 @@ class Store:
                     "on_disk": bool(entries.get(m, {}).get("ondisk")),
                     "mapped": m in self._mapped,  # read from its file as searches need it
                     "rerank": entries.get(m, {}).get("rerank"),
+                    "chosen_by": entries.get(m, {}).get("chosen_by") or "policy",
+                    "reason": entries.get(m, {}).get("reason"),
                     **fx.search_settings(self.indexes[m]),
                 }
                 for m in self.indexes
