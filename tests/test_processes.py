@@ -65,6 +65,29 @@ def env(tiny_dir):
     return dict(os.environ, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
 
 
+def test_opening_a_catalog_another_process_is_creating_waits_for_it(tmp_path):
+    """The creator holds the writer lock while catalog.sqlite is still empty: an opener that
+    sees the empty file waits for the lock instead of calling the catalog damaged."""
+    path = tmp_path / "ix"
+    code = (
+        "import sys, time\nfrom pathlib import Path\n"
+        "from e5v_search.storage.catalog import Catalog\n"
+        "from e5v_search.storage.locking import WriterLock\n"
+        f"path = Path({str(path)!r})\npath.mkdir()\n"
+        "with WriterLock(path, 'creation'):\n"
+        "    (path / 'catalog.sqlite').write_bytes(b'')\n"
+        "    print('empty', flush=True)\n"
+        "    time.sleep(2)\n"
+        "    (path / 'catalog.sqlite').unlink()\n"
+        "    Catalog(path / 'catalog.sqlite').close()\n"
+    )
+    creator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert creator.stdout.readline().strip() == "empty"
+    with Store.open(path) as store:  # waited for the creator, then found a whole catalog
+        assert store.catalog.count() == 0
+    assert creator.wait(timeout=30) == 0
+
+
 def test_two_ingests_at_once_equal_one_sequential_run(tmp_path, env):
     corpus = make_sample_corpus(tmp_path / "corpus")
     shared = _lines(tmp_path / "shared.txt", 400, "shared")

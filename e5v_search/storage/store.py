@@ -97,7 +97,13 @@ class Store:
             )
         path.mkdir(parents=True, exist_ok=True)
         if exists:
-            check_catalog_file(path / CATALOG)
+            try:
+                check_catalog_file(path / CATALOG)
+            except IndexDamagedError:
+                # Another process may be creating it (SQLite has not written its first page
+                # yet): the creator holds the writer lock, so look again once we have it.
+                with WriterLock(path, "open", lock_timeout, on_wait):
+                    check_catalog_file(path / CATALOG)
         try:
             if exists and not pending_migrations(path / CATALOG):
                 catalog = Catalog(path / CATALOG)
