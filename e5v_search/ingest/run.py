@@ -38,6 +38,7 @@ class Outcome:
     vector: Any = None
     error: SourceError | None = None
     copy: bool = False  # identical content is (or will be) stored: its vector is copied
+    copy_of: int | None = None  # the stored item it copies, when planning found one
 
     @property
     def unchanged(self) -> bool:
@@ -134,9 +135,9 @@ class Ingestion:
         if outcome.error is not None or outcome.unchanged:
             return
         key = outcome.content_key
-        if key in self._pending or self.catalog.find_hash(*key) is not None:
-            outcome.copy = True
-        else:
+        outcome.copy_of = None if key in self._pending else self.catalog.find_hash(*key)
+        outcome.copy = key in self._pending or outcome.copy_of is not None
+        if not outcome.copy:
             self._pending.add(key)
 
     # -- committing ----------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class Ingestion:
             if twin is not None:
                 outcome.vector, outcome.size = twin.vector, twin.size
                 continue
-            found = self.catalog.find_hash(*outcome.content_key)
+            found = outcome.copy_of or self.catalog.find_hash(*outcome.content_key)
             if found is None:  # its twin failed (a non-finite vector): so does it
                 outcome.fail("the same content as an item that could not be embedded")
                 continue

@@ -590,9 +590,8 @@ class Store:
     def rebuild_modality(self, modality: str, factory: str, on_disk: bool) -> dict:
         """Rebuild one modality in another type for the index policy (policy.py); the caller
         holds the writer lock and the save happens when it ends."""
-        rerank = self.manifest.get("indexes", {}).get(modality, {}).get("rerank")
-        stats = self._rebuild(modality, factory, on_disk=on_disk)
-        self.manifest["indexes"][modality].update(chosen_by="policy", rerank=rerank)
+        stats = self._rebuild(modality, factory, on_disk=on_disk)  # keeps the re-ranking
+        self.manifest["indexes"][modality]["chosen_by"] = "policy"
         return stats
 
     def follow_policy(self, budget: int) -> list[str]:
