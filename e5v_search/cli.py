@@ -359,8 +359,10 @@ def info(index, as_json):
     for modality, entry in data["indexes"].items():
         settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
         extra = f" {settings}" if settings else ""
-        click.echo(f"{modality + ':':<8} {entry['factory']}, {entry['vectors']} vectors, "
-                   f"{entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
+        where = " on disk" if entry["on_disk"] else ""
+        parts = f"{entry['segments']} segments + {entry['delta']} in the delta"
+        click.echo(f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
+                   f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
     for modality, problem in data["damaged"].items():
         click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
     click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")

@@ -349,3 +349,11 @@ def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5,
     noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
     vectors = centres[rng.integers(0, clusters, size=n)] + noise
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def index_file(folder: str | Path, modality: str, part: str = "delta") -> Path:
+    """A file the manifest names for one modality's index: its "delta", "masks", "template",
+    or "segment" (the first sealed segment's .faiss)."""
+    entry = json.loads((Path(folder) / "manifest.json").read_text())["indexes"][modality]
+    name = f"{entry['segments'][0]}.faiss" if part == "segment" else entry[part]
+    return Path(folder) / name

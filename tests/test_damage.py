@@ -11,7 +11,7 @@ from e5v_search.errors import IndexDamagedError
 from e5v_search.spec import Spec
 from e5v_search.storage import ondisk
 from e5v_search.storage.store import Store
-from e5v_search.testing import clustered_vectors
+from e5v_search.testing import clustered_vectors, index_file
 
 DIM = 64
 SPEC = Spec(
@@ -50,7 +50,7 @@ def _on_disk_index(path):
         store.rebuild(max_memory=budget)
         entry = store.manifest["indexes"]["image"]
         assert entry["ondisk"]
-        return entry["file"].removesuffix(".faiss")
+        return entry["segments"][0]
 
 
 def _assert_named(result, name, code=1):
@@ -75,14 +75,14 @@ def test_a_truncated_ivfdata_is_named_not_a_bus_error_and_rebuild_fixes_it(tmp_p
     assert found.returncode == 0 and len(found.stdout.splitlines()) == 3
 
 
-@pytest.mark.parametrize("part", ["masked", "delta"])
+@pytest.mark.parametrize("part", ["masks", "delta"])
 def test_a_zero_byte_mask_or_delta_is_named(tmp_path, on_disk, part):
     path, stem = _copy(on_disk, tmp_path)
     with Store.open(path) as store:
         store.delete([1, 2])  # writes the mask and the delta
-    suffix = {"masked": "masked.npy", "delta": "delta.npz"}[part]
-    (path / f"{stem}.{suffix}").write_bytes(b"")
-    _assert_named(_cli("search", "--like", "3", "--index", path), f"{stem}.{suffix} is damaged")
+    file = index_file(path, "image", part)
+    file.write_bytes(b"")
+    _assert_named(_cli("search", "--like", "3", "--index", path), f"{file.name} is damaged")
 
 
 @pytest.mark.parametrize("damage", ["empty", "half"])
@@ -109,9 +109,10 @@ def test_a_changed_flat_file_is_rebuilt_from_the_catalog_and_named(tmp_path):
     with Store.open(path, create=True) as store:
         store.add([{"modality": "text", "source": str(i)} for i in range(50)],
                   clustered_vectors(50, DIM), SPEC)  # fmt: skip
-    data = bytearray((path / "text.faiss").read_bytes())
+    delta = index_file(path, "text")
+    data = bytearray(delta.read_bytes())
     data[-8:] = b"\x00" * 8  # the same size, other bytes: only the checksum can tell
-    (path / "text.faiss").write_bytes(bytes(data))
+    delta.write_bytes(bytes(data))
     with Store.open(path) as store:
         assert any("checksum" in line for line in store.repairs)
         hits = store.search(store.catalog.vectors([50]), k=1)

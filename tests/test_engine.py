@@ -219,6 +219,7 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
 
     info = runner.invoke(cli, ["info"], env=env)
     assert "48 images, 48 texts" in info.stdout
+    assert "image:   Flat, 48 vectors (0 segments + 48 in the delta)" in info.stdout
 
     bad = _bad_inputs(tmp_path / "bad")
     result = runner.invoke(

@@ -3,6 +3,7 @@
 import numpy as np
 
 from e5v_search.spec import Spec
+from e5v_search.storage import ondisk, segments
 from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
@@ -17,7 +18,7 @@ def _add(store, start, n):
     return store.add(items, vectors, SPEC), vectors
 
 
-def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path):
+def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path, monkeypatch):
     store = Store.open(tmp_path / "ix", create=True)
     kinds = []
     for start, n in ((0, 200), (200, 3800), (4000, 8000)):
@@ -35,14 +36,17 @@ def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path):
     store.close()
     reopened = Store.open(tmp_path / "ix")  # what the policy built was saved
     assert reopened.repairs == [] and reopened.indexes["image"].ntotal == 12000
-    # Growth on disk goes to the delta; past a quarter of the base it is folded in.
+    assert reopened.manifest["indexes"]["image"]["rerank"] == ondisk.RERANK
+    # Growth within the kind: adds go to the delta and are sealed into segments with the
+    # trained structure of the switch; nothing is rebuilt.
+    monkeypatch.setattr(segments, "SEAL_BYTES", 2000 * 16)
     _add(reopened, 12000, 1000)
     assert reopened.follow_policy(BUDGET) == []
-    _add(reopened, 13000, 2500)
-    (change,) = reopened.follow_policy(BUDGET)
-    assert change.startswith("image: delta folded into a new base (15,500 vectors")
-    assert reopened.indexes["image"].delta.ntotal == 0
-    assert reopened.indexes["image"].ntotal == 15500
+    _add(reopened, 13000, 3000)
+    assert reopened.follow_policy(BUDGET) == []
+    assert len(reopened.indexes["image"].sealed) == 2
+    assert reopened.indexes["image"].ntotal == 16000
+    assert reopened.manifest["indexes"]["image"]["factory"] == "OPQ8_64,IVF512,PQ8"
 
 
 def test_a_type_the_user_chose_is_left_alone(tmp_path):

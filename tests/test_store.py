@@ -14,7 +14,7 @@ from e5v_search.storage import search as search_module
 from e5v_search.storage.catalog import Catalog
 from e5v_search.storage.migrations import migrate
 from e5v_search.storage.store import Store
-from e5v_search.testing import clustered_vectors
+from e5v_search.testing import clustered_vectors, index_file
 
 DIM = 64
 SPEC = Spec(
@@ -179,9 +179,9 @@ def test_a_missing_or_broken_index_file_is_rebuilt_and_reported(tmp_path, damage
     before = store.search(vectors[:5], k=10)
     store.close()
     if damage == "delete":
-        (path / "image.faiss").unlink()
+        index_file(path, "image").unlink()
     elif damage == "garbage":
-        (path / "image.faiss").write_bytes(b"not a faiss index")
+        index_file(path, "image").write_bytes(b"not a faiss index")
     else:
         (path / "manifest.json").unlink()
     reopened = Store.open(path)
@@ -275,7 +275,8 @@ def test_opening_a_missing_index_says_how_to_create_it(tmp_path):
 def test_saves_are_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ix"
     store, ids, vectors, _ = _fill(path)
-    good = (path / "image.faiss").read_bytes()
+    saved = index_file(path, "image")
+    good = saved.read_bytes()
 
     def dies_half_way(index, filename):
         with open(filename, "wb") as f:
@@ -287,7 +288,7 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
         store.add(_items(1), clustered_vectors(1, DIM, seed=8), SPEC)
     with pytest.raises(OSError, match="disk full"):  # committed; the save dies half-way
         store.add(_items(1, start=9000), clustered_vectors(1, DIM, seed=8), SPEC)
-    assert (path / "image.faiss").read_bytes() == good
+    assert index_file(path, "image") == saved and saved.read_bytes() == good
     assert not list(path.glob("*.tmp"))
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["indexes"]["image"]["count"] == 600
@@ -317,38 +318,38 @@ def test_a_repair_that_cannot_train_falls_back_to_flat(tmp_path):
     store.close()
     with Catalog(path / "catalog.sqlite") as catalog:  # items deleted behind the index's back
         catalog.delete(ids[modality == "image"][10:])
-    (path / "image.faiss").unlink()  # and the file lost: a rebuild from 10 vectors
+    index_file(path, "image", "segment").unlink()  # and the file lost: a rebuild from 10
     reopened = Store.open(path)
     assert any("Flat instead" in line for line in reopened.repairs)
     assert reopened.info()["indexes"]["image"]["factory"] == "Flat"
     assert reopened.indexes["image"].ntotal == 10
 
 
-def test_a_reader_maps_the_files_and_a_writer_works_on_its_own_copy(tmp_path):
-    """Opening maps the index files (O(1)); changing a mapped FAISS index would abort the
-    process, so every change goes to a copy: a write in the reading process, and a catch-up
-    with commits another writer has not saved yet."""
+def test_a_reader_maps_the_segments_and_changes_go_to_the_delta(tmp_path):
+    """Opening maps the sealed segments (O(1)); they are never changed (a mapped FAISS index
+    would abort the process): a write in the reading process, and a catch-up with commits
+    another writer has not saved yet, go to the delta."""
     path = tmp_path / "ix"
     writer, ids, vectors, modality = _fill(path)
+    writer.rebuild()  # one sealed segment per modality
     writer.close()
     reader = Store.open(path)
-    assert reader._mapped == {"image", "text"}
+    assert all(info["mapped"] for info in reader.info()["indexes"].values())
     queries = clustered_vectors(5, DIM, seed=5)
     scores, expected = _brute(queries, vectors[modality == "text"], ids[modality == "text"], 5)
     assert [[h.id for h in r] for r in reader.search(queries, 5, "text")] == expected.tolist()
     other = Store.open(path)  # a second writer commits, and does not save yet
     with other.writing():
         (late,) = other.add(_items(1, "text", start=5000), queries[:1], SPEC)
-        assert reader.refresh()  # caught up in memory, on a copy
+        assert reader.refresh()  # caught up in memory, in the delta
         assert reader.search(queries[:1], 1, "text")[0][0].id == late
-        assert "text" not in reader._mapped and "image" in reader._mapped
+        assert reader.indexes["text"].delta.ntotal == 1
     other.close()
-    reader.refresh()  # the new files: mapped again
-    assert reader._mapped == {"image", "text"}
-    with reader.writing():  # the reader writes: its own copies, the files replaced at the end
-        assert not reader._mapped
-        reader.delete([late])
-    assert Store.open(path).catalog.count("text") == 400
+    reader.refresh()  # the new files
+    with reader.writing():  # the reader writes: the sealed segment is masked, not changed
+        reader.delete([late, int(ids[modality == "text"][0])])
+    assert reader.indexes["text"].sealed[0].masked.tolist() == [int(ids[modality == "text"][0])]
+    assert Store.open(path).catalog.count("text") == 399
 
 
 def test_a_large_file_is_checked_by_its_probe(tmp_path, monkeypatch):
@@ -358,10 +359,39 @@ def test_a_large_file_is_checked_by_its_probe(tmp_path, monkeypatch):
     path = tmp_path / "ix"
     _fill(path, n_image=0, n_text=400)[0].close()
     record = json.loads((path / "manifest.json").read_text())["indexes"]["text"]["files"]
-    assert record["text.faiss"]["probe"].startswith("probe:")
-    data = bytearray((path / "text.faiss").read_bytes())
+    delta = index_file(path, "text")
+    assert record[delta.name]["probe"].startswith("probe:")
+    data = bytearray(delta.read_bytes())
     data[10:18] = b"\xff" * 8  # inside the first probed block, the size unchanged
-    (path / "text.faiss").write_bytes(bytes(data))
+    delta.write_bytes(bytes(data))
     reopened = Store.open(path)
     assert any("checksum" in line for line in reopened.repairs)
     assert reopened.indexes["text"].ntotal == 400
+
+
+def test_half_precision_vectors_are_stored_as_float16_and_older_ones_compacted(tmp_path):
+    """A float16/bfloat16 model's vectors take 2 bytes a value; the index holds what the
+    catalog gives back, so a rebuild changes nothing; float32 blobs written before are read
+    beside them and rewritten by a rebuild."""
+    half = replace(SPEC, dtype="bfloat16")
+    vectors = clustered_vectors(300, DIM, seed=4).astype(np.float32)
+    store = Store.open(tmp_path / "ix", create=True)
+    ids = store.add(_items(300), vectors, half)
+    with sqlite3.connect(tmp_path / "ix" / "catalog.sqlite") as db:
+        assert {r[0] for r in db.execute("SELECT length(vector) FROM vectors")} == {2 * DIM}
+        older = vectors[:100].astype("<f4")  # as a catalog saved before float16 blobs
+        rows = [(v.tobytes(), i) for v, i in zip(older, ids[:100], strict=True)]
+        db.executemany("UPDATE vectors SET vector=? WHERE item_id=?", rows)
+    stored = store.catalog.vectors(ids)
+    assert np.array_equal(stored[:100], vectors[:100])
+    assert np.array_equal(stored[100:], vectors[100:].astype(np.float16).astype(np.float32))
+    assert np.abs(stored - vectors).max() < 1e-3
+    queries = clustered_vectors(10, DIM, seed=5)
+    before = store.search(queries, k=10)
+    (stats,) = store.rebuild()
+    assert stats["note"] == "100 stored vectors rewritten as float16"
+    with sqlite3.connect(tmp_path / "ix" / "catalog.sqlite") as db:
+        assert {r[0] for r in db.execute("SELECT length(vector) FROM vectors")} == {2 * DIM}
+    after = store.search(queries, k=10)
+    assert [[h.id for h in r] for r in after[:5]] == [[h.id for h in r] for r in before[:5]]
+    assert store.rebuild()[0].get("note") is None  # nothing left to rewrite

@@ -4,9 +4,12 @@ It holds every item (modality, source, text, content hash, image size, user meta
 vector, the embedding spec the vectors were made with, and the ingest errors. The FAISS files
 beside it are derived from it and can always be rebuilt from it without re-encoding.
 
-Vector blob format (`vectors.vector`): the embedding as little-endian float32, `dim` values,
-nothing else (`dim * 4` bytes; 16 KiB for E5-V's 4096). Full precision is kept: vectors are the
-expensive part of an index and the FAISS side can compress them as it likes.
+Vector blob format (`vectors.vector`): the embedding as `dim` little-endian values, nothing
+else, at the precision the model computed it: float32 (`dim * 4` bytes; 16 KiB for E5-V's 4096)
+from a float32 model, float16 (8 KiB) from a float16 or bfloat16 one (E5-V on a GPU): float16
+keeps every bit a float16 model had and more than bfloat16's, at half the disk and half the
+reads of a rebuild or a re-ranking. A blob's length says which, so a catalog can hold both
+(`compact_vectors` rewrites older float32 blobs of a half-precision catalog).
 
 Every write is one transaction that takes the next value of a change counter (`seq`) and stamps
 it on the items it writes (and on the ids it deletes, in `deleted`), so an index file that
@@ -42,14 +45,33 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def encode_vectors(vectors: np.ndarray) -> list[bytes]:
-    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype="<f4")]
+HALF_DTYPES = ("float16", "bfloat16")  # models whose vectors are stored as float16
+
+
+def stored_dtype(spec: Spec) -> str:
+    return "<f2" if spec.dtype in HALF_DTYPES else "<f4"
+
+
+def as_stored(vectors: np.ndarray, spec: Spec) -> np.ndarray:
+    """The vectors as the catalog will give them back (float32 values): what an index built
+    now must hold to equal one rebuilt from the catalog later."""
+    return np.asarray(vectors, dtype=stored_dtype(spec)).astype(np.float32)
+
+
+def encode_vectors(vectors: np.ndarray, dtype: str = "<f4") -> list[bytes]:
+    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=dtype)]
 
 
 def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.empty((0, dim), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+    widths = {len(blob) for blob in blobs}
+    if len(widths) == 1:
+        dtype = "<f2" if widths == {2 * dim} else "<f4"
+        return (
+            np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), dim).astype(np.float32)
+        )
+    return np.concatenate([decode_vectors([blob], dim) for blob in blobs])
 
 
 def parse_filters(pairs) -> dict:
@@ -198,7 +220,7 @@ class Catalog:
                 ) from error
             self.conn.executemany(
                 "INSERT INTO vectors (item_id, vector) VALUES (?, ?)",
-                zip(ids, encode_vectors(vectors), strict=True),
+                zip(ids, encode_vectors(vectors, stored_dtype(spec)), strict=True),
             )
             self._set_meta("next_id", first + len(items))
             self._set_meta("seq", seq)
@@ -218,7 +240,7 @@ class Catalog:
             )
             self.conn.executemany(
                 "UPDATE vectors SET vector=? WHERE item_id=?",
-                zip(encode_vectors(vectors), ids, strict=True),
+                zip(encode_vectors(vectors, stored_dtype(spec)), ids, strict=True),
             )
             self._set_meta("seq", seq)
 
@@ -318,17 +340,25 @@ class Catalog:
         return [found[int(i)] for i in ids if int(i) in found]
 
     def vectors(self, ids) -> np.ndarray:
-        """Stored vectors in the order of `ids` (all must exist)."""
+        """Stored vectors in the order of `ids` (all must exist). Decoded a chunk at a time
+        into the result: memory holds the result and one chunk (a rebuild's training sample is
+        up to 2 GiB)."""
         ids = [int(i) for i in ids]
-        blobs = {}
-        for chunk in _chunks(ids):
+        unique = list(dict.fromkeys(ids))
+        row = {i: n for n, i in enumerate(unique)}
+        out = np.empty((len(unique), self.dim or 0), dtype=np.float32)
+        seen = set()
+        for chunk in _chunks(unique):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT item_id, vector FROM vectors WHERE item_id IN ({marks})"
-            blobs.update(self.conn.execute(sql, chunk).fetchall())
-        missing = [i for i in ids if i not in blobs]
-        if missing:
+            rows = self.conn.execute(sql, chunk).fetchall()
+            if rows:
+                out[[row[r[0]] for r in rows]] = decode_vectors([r[1] for r in rows], out.shape[1])
+            seen.update(r[0] for r in rows)
+        if len(seen) < len(unique):
+            missing = [i for i in unique if i not in seen]
             raise KeyError(f"no stored vector for item ids {missing[:5]}")
-        return decode_vectors([blobs[i] for i in ids], self.dim or 0)
+        return out if len(unique) == len(ids) else out[[row[i] for i in ids]]
 
     def iter_vectors(self, modality: str, batch: int = 20000, since_seq: int | None = None):
         """(ids, vectors) chunks of one modality in id order, optionally only items written
@@ -344,6 +374,29 @@ class Catalog:
         while rows := cursor.fetchmany(batch):
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             yield ids, decode_vectors([r[1] for r in rows], self.dim)
+
+    def compact_vectors(self, batch: int = 5000) -> int:
+        """Rewrite float32 blobs as float16 when the catalog's model computes in half precision
+        (catalogs written before blobs could be float16); a transaction per batch, each blob
+        valid either way, so an interrupted run just leaves some to do. Returns how many."""
+        spec, dim = self.spec(), self.dim
+        if not spec or spec.get("dtype") not in HALF_DTYPES:
+            return 0
+        done = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT item_id, vector FROM vectors WHERE length(vector) = ? LIMIT ?",
+                (4 * dim, batch),
+            ).fetchall()
+            if not rows:
+                return done
+            vectors = decode_vectors([r[1] for r in rows], dim)
+            with transaction(self.conn):
+                self.conn.executemany(
+                    "UPDATE vectors SET vector=? WHERE item_id=?",
+                    zip(encode_vectors(vectors, "<f2"), [r[0] for r in rows], strict=True),
+                )
+            done += len(rows)
 
     def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         """The stored rows of these (source, locator) keys, by key."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -55,14 +56,13 @@ def _skip_polysemous_training(index) -> None:
 
 def _ivf(index):
     try:
-        return faiss.extract_index_ivf(getattr(index, "base", index))  # a LayeredIndex's base
+        return faiss.extract_index_ivf(getattr(index, "template", index))  # of Segments too
     except RuntimeError:
         return None
 
 
 def _hnsw(index):
-    if hasattr(index, "base"):
-        return None
+    index = getattr(index, "template", index)
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     return inner if hasattr(inner, "hnsw") else None
 
@@ -70,6 +70,9 @@ def _hnsw(index):
 def set_search_defaults(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """FAISS's defaults (nprobe 1, efSearch 16) trade too much recall; these keep recall@10 of
     a well-trained index near 0.95 on clustered data (see docs/benchmarks.md)."""
+    if hasattr(index, "set_search"):  # Segments: each segment's index
+        index.set_search(nprobe, ef_search)
+        return
     ivf = _ivf(index)
     if ivf is not None:
         ivf.nprobe = nprobe or min(ivf.nlist, max(16, 2 * round(math.sqrt(ivf.nlist))))
@@ -129,7 +132,7 @@ def remove(index, ids: np.ndarray) -> bool:
     """Remove ids (absent ones are ignored); False when the type cannot remove (HNSW)."""
     if not len(ids):
         return True
-    if hasattr(index, "remove"):  # a LayeredIndex masks rather than rewriting its base
+    if hasattr(index, "remove"):  # Segments mask rather than rewriting sealed segments
         return index.remove(ids)
     try:
         index.remove_ids(faiss.IDSelectorBatch(ids.astype(np.int64)))
@@ -154,15 +157,17 @@ def ids_of(index) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
-def search(index, queries: np.ndarray, k: int, among: np.ndarray | None = None):
+def search(index, queries: np.ndarray, k: int, among: np.ndarray | None = None, selector=None):
     """(scores, ids), each (n_queries, k); ids -1 where fewer than k exist. `among` restricts
-    the search to those ids inside FAISS (an id selector), so k results come back when k exist."""
+    the search to those ids inside FAISS (an id selector), so k results come back when k exist;
+    or pass a FAISS `selector`."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if hasattr(index, "search_among"):
         return index.search_among(queries, k, among)
-    if among is None:
+    if among is None and selector is None:
         return index.search(queries, k)
-    selector = faiss.IDSelectorBatch(among.astype(np.int64))
+    if selector is None:
+        selector = faiss.IDSelectorBatch(among.astype(np.int64))
     ivf, hnsw = _ivf(index), _hnsw(index)
     if ivf is not None:
         params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
@@ -237,7 +242,7 @@ def owned(index):
 
 def to_gpu(index):
     """A GPU copy for searching when FAISS sees a GPU and supports the type; else None."""
-    if faiss.get_num_gpus() < 1 or hasattr(index, "base"):
+    if faiss.get_num_gpus() < 1 or hasattr(index, "sealed"):  # Segments: searched on the CPU
         return None
     try:
         return faiss.index_cpu_to_all_gpus(index)
@@ -267,3 +272,19 @@ def _native_stderr():
         captured.seek(0)
         text.append(captured.read().decode(errors="replace"))
         captured.close()
+
+
+class _native_stdout:
+    """Like _native_stderr, for the lines FAISS's C++ code prints on stdout."""
+
+    def __enter__(self):
+        sys.stdout.flush()  # what Python buffered goes out before fd 1 is swapped
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(1)
+        os.dup2(self._file.fileno(), 1)
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        self._file.close()
+        return False

@@ -3,20 +3,23 @@
 After every ingest (in the same write, under the writer lock) each modality's index is compared
 with what `ondisk.plan` chooses for the memory budget at its current size: exact Flat while it
 fits, then 8-bit scalar quantization, then IVF-PQ with its lists on disk (OPQ-rotated at 64
-bytes a vector and fewer). A modality whose type differs is rebuilt from the stored vectors (no
-model); an on-disk one whose delta has grown past a quarter of its base is rebuilt too, which
-folds the delta in. Rebuilds happen when the size crosses a threshold or the IVF list count
-doubles, so their cost stays proportional to what was added. A type the user chose (`rebuild
---type`) is left alone; a budget given to `rebuild --max-memory` is kept for later ingests.
+bytes a vector and fewer), its searches re-ranked from the stored vectors. A modality is rebuilt
+from the stored vectors (no model) only when its kind of type changes (Flat, SQ8, PQ) or its PQ
+codes no longer fit: growing within a kind costs nothing more than adds, which land in the delta
+and are sealed into segments (segments.py) with the trained structure the rebuild made. A type
+the user chose (`rebuild --type`) is left alone; a budget given to `rebuild --max-memory` is
+kept for later ingests.
 """
 
 from __future__ import annotations
+
+import re
 
 from ..errors import IndexBuildError, InputError
 from . import ondisk
 from .catalog import MODALITIES
 
-FOLD_SHARE = 0.25  # an on-disk delta past this share of its base is folded into a new base
+GROWTH = 8  # a switch to PQ picks codes that fit 8x the vectors: no rebuild at each doubling
 
 
 def follow(store, budget: int) -> list[str]:
@@ -25,18 +28,19 @@ def follow(store, budget: int) -> list[str]:
     if not counts:
         return []
     try:
-        choices = ondisk.plan(counts, store.catalog.dim, budget)
+        needed = ondisk.plan(counts, store.catalog.dim, budget)
+        roomy = ondisk.plan(counts, store.catalog.dim, budget, growth=GROWTH)
     except InputError as error:
         return [f"index types kept: {error}"]
     changes = []
-    for modality, choice in choices.items():
+    for modality, need in needed.items():
         entry = store.manifest.get("indexes", {}).get(modality, {})
         current = entry.get("factory", "Flat")
         # An index saved before the policy existed: a type other than Flat was someone's choice.
         chooser = entry.get("chosen_by") or ("policy" if current == "Flat" else "user")
-        same = current == choice.factory and bool(entry.get("ondisk")) == choice.ondisk
-        if chooser == "user" or (same and not _delta_too_big(store, modality)):
+        if chooser == "user" or _still_fits(current, bool(entry.get("ondisk")), need):
             continue
+        choice = roomy[modality] if _kind(need.factory) == "PQ" else need
         if entry.get("failed") == choice.factory:
             continue  # tried at this size already: too few vectors to train it
         try:
@@ -46,14 +50,28 @@ def follow(store, budget: int) -> list[str]:
             changes.append(f"{modality}: kept {current}; {choice.factory} cannot be built yet "
                            f"({error})")  # fmt: skip
             continue
-        store.manifest["indexes"][modality]["reason"] = choice.reason
-        what = "delta folded into a new base" if same else f"{current} -> {choice.factory}"
+        entry = store.manifest["indexes"][modality]
+        entry["reason"] = choice.reason
+        if choice.ondisk and not entry.get("rerank"):
+            entry["rerank"] = ondisk.RERANK
+        what = f"{current} -> {choice.factory}"
         changes.append(f"{modality}: {what} ({counts[modality]:,} vectors; {choice.reason})")
     return changes
 
 
-def _delta_too_big(store, modality: str) -> bool:
-    index = store.indexes.get(modality)
-    if not hasattr(index, "delta"):
+def _kind(factory: str) -> str:
+    return "PQ" if "PQ" in factory else "SQ8" if factory.startswith("SQ8") else factory
+
+
+def _still_fits(current: str, on_disk: bool, choice) -> bool:
+    """The current type is kept while it is the kind the budget calls for: a PQ index whose
+    codes are as small as (or smaller than) the choice's, more lists or not."""
+    if _kind(current) != _kind(choice.factory) or on_disk != choice.ondisk:
         return False
-    return index.delta.ntotal > FOLD_SHARE * max(index.base.ntotal, 1)
+    if _kind(current) != "PQ":
+        return True
+    return _pq_bytes(current) <= _pq_bytes(choice.factory)
+
+
+def _pq_bytes(factory: str) -> int:
+    return int(re.findall(r"PQ(\d+)", factory)[-1])

@@ -2,15 +2,17 @@
 
     indexes/<name>/
       catalog.sqlite     items, vectors, embedding spec, ingest errors (catalog.py)
-      image.faiss        FAISS index of the image vectors (ids = catalog item ids)
-      text.faiss         FAISS index of the text vectors
-      manifest.json      index type per modality and the catalog change counter they cover
+      image.*            the image vectors' FAISS index (ids = catalog item ids): sealed
+                         segments, a delta and masks (segments.py)
+      text.*             the text vectors' index
+      manifest.json      per modality: its type, files (size, probe) and the catalog change
+                         counter they cover
 
 One index per modality makes a modality-restricted search exact in count (10 images asked, 10
 images returned, even when images are 1% of the corpus) with no filtering inside FAISS. Index
-files are replaced atomically and the manifest is written last; on open, changes the files missed
-(a crash between the catalog commit and the save, a deleted file) are applied or the file is
-rebuilt from the stored vectors, and each repair is reported in `Store.repairs`.
+files are never changed once written and the manifest is written last; on open, changes the
+files missed (a crash between the catalog commit and the save, a deleted file) are applied or
+the index is rebuilt from the stored vectors, and each repair is reported in `Store.repairs`.
 
 Many processes may use one directory (a server, a cron ingest, a rebuild). Writes happen inside
 `writing()`, which holds the directory's writer lock (locking.py), first brings the in-memory
@@ -38,8 +40,8 @@ from ..errors import IndexBuildError, IndexDamagedError, IndexNotFoundError, Inp
 from ..files import write_json
 from ..spec import Spec
 from . import faiss_ops as fx
-from . import ondisk
-from .catalog import MODALITIES, Catalog, now
+from . import ondisk, segments
+from .catalog import MODALITIES, Catalog, as_stored, now
 from .integrity import (
     catalog_damage,
     check_catalog_file,
@@ -74,7 +76,6 @@ class Store:
         self.manifest = manifest
         self.indexes: dict[str, object] = {}
         self._gpu: dict[str, object] = {}
-        self._mapped: set[str] = set()  # modalities whose index is read from its mapped file
         self._dirty: set[str] = set()
         self.repairs: list[str] = []
         self.covered = 0  # the catalog change counter the in-memory indexes reflect
@@ -154,8 +155,6 @@ class Store:
             self._writing = 1
             try:
                 self.refresh()
-                for modality in list(self._mapped):  # a writer changes them: its own copies
-                    self._own(modality)
                 self.catalog.never_reuse_below(self.manifest.get("next_id", 1))
                 self._remove_leftovers()
                 if self.damaged and purpose != "rebuild":
@@ -173,7 +172,6 @@ class Store:
             manifest = read_manifest(self.path / MANIFEST)
             if manifest.get("save_id") != self.manifest.get("save_id"):
                 self.manifest, self.indexes, self._gpu = manifest, {}, {}
-                self._mapped.clear()
                 self._dirty.clear()
                 self.damaged.clear()
                 self.repairs = []  # what the new files need, not what the old ones did
@@ -214,13 +212,18 @@ class Store:
         for modality in MODALITIES:
             entry = self.manifest.get("indexes", {}).get(modality)
             stored = self.catalog.count(modality)
-            file = self.path / (entry or {}).get("file", f"{modality}.faiss")
+            entry_file = (entry or {}).get("template") or (entry or {}).get("file")
+            file = self.path / (entry_file or f"{modality}.faiss")
             if entry is None or not file.exists():
+                if self._manifest_moved():
+                    return self._load()
                 if stored:
                     why = "not in the manifest" if entry is None else "missing"
                     self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
                 continue
             damage = damage_of(self.path, entry)
+            if damage and self._manifest_moved():
+                return self._load()  # a writer replaced the files as we read the manifest
             if damage and entry.get("ondisk"):
                 # Never mapped: a truncated .ivfdata would kill a search with SIGBUS.
                 self.damaged[modality] = (
@@ -231,15 +234,10 @@ class Store:
             try:
                 if damage:
                     raise ValueError(damage)
-                if entry.get("ondisk"):
-                    self.indexes[modality] = ondisk.load(self.path, entry)
-                else:
-                    # A reader of files that cover the catalog maps them: O(1) to open.
-                    mapped = not self._writing and covered == seq
-                    self.indexes[modality] = fx.load(file, mmap=mapped)
-                    if mapped:
-                        self._mapped.add(modality)
+                self.indexes[modality] = segments.load(self.path, entry)  # mapped: O(1)
             except (RuntimeError, OSError, KeyError, ValueError) as error:
+                if self._manifest_moved():
+                    return self._load()
                 self._rebuild(
                     modality, self._factory_of(modality), f"{file.name} unreadable ({error})"
                 )
@@ -259,14 +257,15 @@ class Store:
         for line in self.repairs:
             log.warning("%s: %s", self.path, line)
 
-    def _own(self, modality: str) -> None:
-        """Replace a mapped index by a copy that holds its data: FAISS aborts the process when
-        a mapped index is changed. Copied from memory, not read again: the file may have been
-        replaced since it was mapped."""
-        if modality in self._mapped:
-            self.indexes[modality] = fx.owned(self.indexes[modality])
-            self._mapped.discard(modality)
-            self._gpu.pop(modality, None)
+    def _manifest_moved(self) -> bool:
+        """True, with the new manifest taken and the half-loaded state dropped, when a writer
+        saved since this store read the manifest (the files it named may be gone)."""
+        manifest = read_manifest(self.path / MANIFEST)
+        if manifest.get("save_id") == self.manifest.get("save_id"):
+            return False
+        self.manifest, self.indexes, self._gpu, self.repairs = manifest, {}, {}, []
+        self.damaged.clear()
+        return True
 
     def _catch_up(self, modality: str, covered: int, repair: bool = True) -> None:
         gone = self.catalog.deleted_since(covered)[modality]
@@ -274,7 +273,6 @@ class Store:
         changed_ids = np.concatenate([c[0] for c in changed]) if changed else np.empty(0, np.int64)
         if not len(changed_ids) and not len(gone):
             return  # the changes it missed were all in the other modality
-        self._own(modality)
         index = self.indexes[modality]
         # An updated item is removed then added again with its new vector.
         if not fx.remove(index, np.concatenate([gone, changed_ids])):
@@ -292,8 +290,10 @@ class Store:
     def _rebuild(
         self, modality: str, factory: str, reason: str | None = None, on_disk: bool = False
     ) -> dict:
-        """Build one modality's index from the stored vectors; no model needed. `on_disk`: an
-        IVF type is built shard by shard with its lists merged into a file (ondisk.py)."""
+        """Build one modality's index from the stored vectors, as one sealed segment; no model
+        needed. `on_disk`: an IVF type is built shard by shard with its lists merged into a file
+        (ondisk.py). The old index is dropped first (the catalog holds every vector): memory
+        holds one index, not two."""
         started = time.perf_counter()
         count = self.catalog.count(modality)
         index = fx.make(factory, self.catalog.dim)
@@ -316,19 +316,24 @@ class Store:
         fx.set_search_defaults(index, settings.get("nprobe"), settings.get("ef_search"))
         entry = {"factory": factory, "rerank": previous.get("rerank")}
         chunks = self.catalog.iter_vectors(modality, batch=_READ_CHUNK)
+        self.indexes.pop(modality, None)
+        self._gpu.pop(modality, None)
+        template = segments.emptied(index)
         if on_disk and fx._ivf(index) is not None:
-            generation = self.manifest.get("generation", 0) + 1
-            self.manifest["generation"] = generation
-            name, largest = ondisk.build(index, chunks, self.path, modality, generation)
-            entry.update(ondisk=True, file=name, base_max_id=largest)
-            index = ondisk.load(self.path, entry)
+            name = self._new_name(modality, "s")
+            segments.write_ids(
+                self.path / f"{name}.ids.npy", ondisk.build(index, chunks, self.path, name)
+            )
+            built = segments.open_segment(self.path, name, True, np.empty(0, dtype=np.int64))
+            entry["ondisk"] = True
         else:
             for ids, vectors in chunks:
                 fx.add(index, ids, vectors)
-        self.indexes[modality] = index
-        self._mapped.discard(modality)
+            built = segments.Segment("", index, np.sort(fx.ids_of(index)), written=False)
+        self.indexes[modality] = segments.Segments(
+            template, [built] if built.live else [], segments.emptied(template), bool(on_disk)
+        )
         self.damaged.pop(modality, None)
-        self._gpu.pop(modality, None)
         self._dirty.add(modality)
         self.manifest.setdefault("indexes", {})[modality] = entry
         if reason:
@@ -354,17 +359,18 @@ class Store:
         entries = self.manifest.setdefault("indexes", {})
         for modality in sorted(self._dirty):
             entry = entries.setdefault(modality, {"factory": self.factory})
-            if entry.get("ondisk"):
-                ondisk.save(self.indexes[modality], self.path, entry)
-            else:
-                fx.save(self.indexes[modality], self.path / f"{modality}.faiss")
-                entry["file"] = f"{modality}.faiss"
+            for older in ("file", "base_max_id"):  # an entry written before segments
+                entry.pop(older, None)
+            names = self.indexes[modality].save(
+                self.path, lambda kind, m=modality: self._new_name(m, kind)
+            )
+            entry.update(names)
         for modality, index in self.indexes.items():
             entry = entries.setdefault(modality, {"factory": self.factory})
             entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
             if modality in self._dirty or "files" not in entry:
-                entry["files"] = file_records(ondisk.files_of(self.path, entry))
+                entry["files"] = file_records(segments.files_of(self.path, entry))
         seq = self.covered
         next_id = max(self.catalog.next_id, self.manifest.get("next_id", 1))
         self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
@@ -374,6 +380,12 @@ class Store:
         self._dirty.clear()
         self._remove_unused_files()
 
+    def _new_name(self, modality: str, kind: str) -> str:
+        """A file stem no manifest has named: numbers only grow, so a reader's files are never
+        overwritten, and a crashed writer's leftovers are simply written over or removed."""
+        self.manifest["generation"] = self.manifest.get("generation", 0) + 1
+        return f"{modality}.{kind}{self.manifest['generation']}"
+
     def _remove_leftovers(self) -> None:
         """Temporary files and on-disk build folders of a writer that was killed (only a
         writer creates them, and we hold the lock)."""
@@ -381,17 +393,16 @@ class Store:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
     def _remove_unused_files(self) -> None:
-        """Files of index generations the manifest no longer names (after it was written)."""
+        """Index files the manifest no longer names (after it was written): merged segments,
+        older deltas and masks, a crashed writer's leftovers."""
         used = {
             p.name
             for e in self.manifest.get("indexes", {}).values()
-            for p in ondisk.files_of(self.path, e)
+            for p in segments.files_of(self.path, e)
         }
         for modality in MODALITIES:
             for path in self.path.glob(f"{modality}.*"):
-                if path.name not in used and (
-                    path.name.startswith(f"{modality}.g") or path.suffix == ".faiss"
-                ):
+                if path.name not in used:
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     # -- writes ------------------------------------------------------------------------------
@@ -401,12 +412,13 @@ class Store:
         Saved when the outermost `writing()` block ends (here, when the caller holds none)."""
         with self.writing("add"):
             ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
+            vectors = as_stored(vectors, spec)
             modalities = np.array([item["modality"] for item in items])
             for modality in MODALITIES:
                 mask = modalities == modality
                 if mask.any():
                     self._index_for(modality)
-                    fx.add(self.indexes[modality], ids[mask], np.asarray(vectors)[mask])
+                    fx.add(self.indexes[modality], ids[mask], vectors[mask])
                     self._changed(modality)
             self.covered = self.catalog.seq
             return ids.tolist()
@@ -414,7 +426,7 @@ class Store:
     def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: Spec) -> None:
         with self.writing("update"):
             self.catalog.update(ids, items, vectors, spec)
-            self._reindex(np.array(ids, dtype=np.int64), vectors=np.asarray(vectors))
+            self._reindex(np.array(ids, dtype=np.int64), vectors=as_stored(vectors, spec))
             self.covered = self.catalog.seq
 
     def delete(self, ids) -> int:
@@ -457,7 +469,7 @@ class Store:
             if not index.is_trained:
                 # A trained type cannot take its first vectors untrained: exact until rebuilt.
                 factory, index = DEFAULT_FACTORY, fx.make(DEFAULT_FACTORY, self.catalog.dim)
-            self.indexes[modality] = index
+            self.indexes[modality] = segments.Segments.new(index)
             self.manifest.setdefault("indexes", {})[modality] = {"factory": factory}
         return self.indexes[modality]
 
@@ -541,6 +553,7 @@ class Store:
         budget: each modality keeps its current type, on disk or not, and its re-ranking. A
         modality too small to train the type gets Flat, said so in its entry's note."""
         keep = factory is None and max_memory is None
+        compacted = self.catalog.compact_vectors()  # a half-precision catalog written before
         if factory:
             fx.make(factory, self.catalog.dim or 64)  # a bad factory string fails before work
         counts = {m: self.catalog.count(m) for m in MODALITIES if self.catalog.count(m)}
@@ -555,9 +568,13 @@ class Store:
             if modality in choices:
                 choice = choices[modality]
                 chosen, on_disk, note = choice.factory, choice.ondisk, choice.reason
+            if on_disk and rerank is None:  # PQ codes rank roughly: rescore the candidates
+                chosen_rerank = ondisk.RERANK
+            else:
+                chosen_rerank = rerank
             self.manifest.setdefault("indexes", {})[modality] = {
                 "search": {"nprobe": nprobe, "ef_search": ef_search},
-                "rerank": rerank,
+                "rerank": chosen_rerank,
             }
             chosen_by = current.get("chosen_by") if keep else "user" if factory else "policy"
             try:
@@ -577,13 +594,16 @@ class Store:
                 f"{count} vectors are too few for {chosen}: exact Flat instead ({error})"
             )
             stats.append(entry)
+        if compacted and stats:
+            said = f"{compacted:,} stored vectors rewritten as float16"
+            stats[0]["note"] = f"{stats[0]['note']}; {said}" if "note" in stats[0] else said
         if factory:
             self.manifest["factory"] = factory
         if max_memory:  # later ingests keep to it (policy.py)
             self.manifest["max_memory"] = int(max_memory)
         self.save()
         for entry in stats:
-            files = ondisk.files_of(self.path, self.manifest["indexes"][entry["modality"]])
+            files = segments.files_of(self.path, self.manifest["indexes"][entry["modality"]])
             entry["bytes"] = sum(p.stat().st_size for p in files)
         return stats
 
@@ -592,6 +612,7 @@ class Store:
         holds the writer lock and the save happens when it ends."""
         stats = self._rebuild(modality, factory, on_disk=on_disk)  # keeps the re-ranking
         self.manifest["indexes"][modality]["chosen_by"] = "policy"
+        segments.failpoint("rebuilt")
         return stats
 
     def follow_policy(self, budget: int) -> list[str]:
@@ -633,7 +654,7 @@ class Store:
 
     def info(self) -> dict:
         entries = self.manifest.get("indexes", {})
-        files = {m: ondisk.files_of(self.path, entries.get(m, {})) for m in self.indexes}
+        files = {m: segments.files_of(self.path, entries.get(m, {})) for m in self.indexes}
         return {
             "path": str(self.path),
             "generation": self.generation,  # of the files in use (changes at every save)
@@ -647,7 +668,9 @@ class Store:
                     "vectors": int(self.indexes[m].ntotal),
                     "bytes": sum(p.stat().st_size for p in files[m] if p.exists()),
                     "on_disk": bool(entries.get(m, {}).get("ondisk")),
-                    "mapped": m in self._mapped,  # read from its file as searches need it
+                    "mapped": self.indexes[m].mapped,  # read from its files as searches need
+                    "segments": len(self.indexes[m].sealed),
+                    "delta": int(self.indexes[m].delta.ntotal),
                     "rerank": entries.get(m, {}).get("rerank"),
                     "chosen_by": entries.get(m, {}).get("chosen_by") or "policy",
                     "reason": entries.get(m, {}).get("reason"),
