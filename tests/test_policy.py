@@ -26,6 +26,7 @@ def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path, mo
         changes = store.follow_policy(BUDGET)
         entry = store.manifest["indexes"]["image"]
         kinds.append((entry["factory"], bool(entry.get("ondisk")), len(changes)))
+        assert entry.get("rerank") == (None if entry["factory"] == "Flat" else ondisk.RERANK)
         assert store.indexes["image"].ntotal == store.catalog.count("image") == start + n
         found = store.search(vectors[:20], k=1, modality="image")
         assert np.mean([row[0].id == i for row, i in zip(found, ids[:20], strict=True)]) >= 0.8

@@ -2,6 +2,8 @@
 
 import json
 import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +13,7 @@ from e5v_search.errors import IndexBuildError, IndexNotFoundError, InputError, S
 from e5v_search.spec import Spec
 from e5v_search.storage import faiss_ops as fx
 from e5v_search.storage import search as search_module
+from e5v_search.storage import segments
 from e5v_search.storage.catalog import Catalog
 from e5v_search.storage.migrations import migrate
 from e5v_search.storage.store import Store
@@ -166,7 +169,7 @@ def test_a_killed_writer_process_is_repaired_on_open(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=False)
     reopened = Store.open(path)
     assert reopened.repairs == [
-        "text.faiss missed changes (a crash before the index was saved?): added 1, removed 0"
+        "text index missed changes (a crash before the index was saved?): added 1, removed 0"
     ]
     assert reopened.catalog.count("text") == 401
     assert reopened.indexes["text"].ntotal == 401
@@ -350,6 +353,36 @@ def test_a_reader_maps_the_segments_and_changes_go_to_the_delta(tmp_path):
         reader.delete([late, int(ids[modality == "text"][0])])
     assert reader.indexes["text"].sealed[0].masked.tolist() == [int(ids[modality == "text"][0])]
     assert Store.open(path).catalog.count("text") == 399
+
+
+ADD_ONE_TEXT = """
+import sys
+import numpy as np
+from e5v_search.spec import Spec
+from e5v_search.storage.store import Store
+with Store.open(sys.argv[1]) as store:
+    spec = Spec.from_dict(store.catalog.spec())
+    store.add([{"modality": "text", "source": "late"}], np.eye(spec.dim)[:1], spec)
+"""
+
+
+def test_a_reader_that_meets_files_a_writer_just_replaced_reads_the_new_ones(tmp_path, monkeypatch):
+    """A reader reads the manifest; before it opens the files, another process saves, and
+    the delta file the reader's manifest names is gone: it takes the new manifest, no repair."""
+    path = tmp_path / "ix"
+    _fill(path)[0].close()
+    load, saved = segments.load, []
+
+    def load_after_another_save(folder, entry):
+        if not saved:  # the image index is read; then the writer saves the text index
+            saved.append(subprocess.run([sys.executable, "-c", ADD_ONE_TEXT, str(path)]))
+        return load(folder, entry)
+
+    monkeypatch.setattr(segments, "load", load_after_another_save)
+    reader = Store.open(path)
+    assert saved[0].returncode == 0
+    assert reader.repairs == [] and reader.indexes["text"].ntotal == 401
+    assert reader.search(np.eye(DIM)[:1], 1, "text")[0][0].id == 1001
 
 
 def test_a_large_file_is_checked_by_its_probe(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 After every ingest (in the same write, under the writer lock) each modality's index is compared
 with what `ondisk.plan` chooses for the memory budget at its current size: exact Flat while it
 fits, then 8-bit scalar quantization, then IVF-PQ with its lists on disk (OPQ-rotated at 64
-bytes a vector and fewer), its searches re-ranked from the stored vectors. A modality is rebuilt
+bytes a vector and fewer); searches of a compressed type are re-ranked from the stored vectors
+(ondisk.RERANK candidates). A modality is rebuilt
 from the stored vectors (no model) only when its kind of type changes (Flat, SQ8, PQ) or its PQ
 codes no longer fit: growing within a kind costs nothing more than adds, which land in the delta
 and are sealed into segments (segments.py) with the trained structure the rebuild made. A type
@@ -52,8 +53,8 @@ def follow(store, budget: int) -> list[str]:
             continue
         entry = store.manifest["indexes"][modality]
         entry["reason"] = choice.reason
-        if choice.ondisk and not entry.get("rerank"):
-            entry["rerank"] = ondisk.RERANK
+        if choice.factory != "Flat" and not entry.get("rerank"):
+            entry["rerank"] = ondisk.RERANK  # compressed: rescore candidates exactly
         what = f"{current} -> {choice.factory}"
         changes.append(f"{modality}: {what} ({counts[modality]:,} vectors; {choice.reason})")
     return changes

@@ -238,9 +238,7 @@ class Store:
             except (RuntimeError, OSError, KeyError, ValueError) as error:
                 if self._manifest_moved():
                     return self._load()
-                self._rebuild(
-                    modality, self._factory_of(modality), f"{file.name} unreadable ({error})"
-                )
+                self._rebuild(modality, self._factory_of(modality), f"unreadable ({error})")
                 continue
             if covered is None:
                 self._rebuild(
@@ -251,7 +249,7 @@ class Store:
             held = self.indexes[modality].ntotal
             stored = self.catalog.count(modality)  # again: the catch-up read newer commits
             if held != stored:
-                why = f"{file.name} holds {held} vectors, the catalog {stored}"
+                why = f"its files hold {held} vectors, the catalog {stored}"
                 self._rebuild(modality, self._factory_of(modality), why)
         self.covered = seq
         for line in self.repairs:
@@ -283,7 +281,7 @@ class Store:
         self._changed(modality)
         if repair:
             self.repairs.append(
-                f"{modality}.faiss missed changes (a crash before the index was saved?): "
+                f"{modality} index missed changes (a crash before the index was saved?): "
                 f"added {len(changed_ids)}, removed {len(gone)}"
             )
 
@@ -337,7 +335,7 @@ class Store:
         self._dirty.add(modality)
         self.manifest.setdefault("indexes", {})[modality] = entry
         if reason:
-            self.repairs.append(f"{modality}.faiss rebuilt from {count} stored vectors: {reason}")
+            self.repairs.append(f"{modality} index rebuilt from {count} stored vectors: {reason}")
         return {
             "modality": modality,
             "factory": factory,
@@ -568,10 +566,9 @@ class Store:
             if modality in choices:
                 choice = choices[modality]
                 chosen, on_disk, note = choice.factory, choice.ondisk, choice.reason
-            if on_disk and rerank is None:  # PQ codes rank roughly: rescore the candidates
-                chosen_rerank = ondisk.RERANK
-            else:
-                chosen_rerank = rerank
+            chosen_rerank = rerank
+            if modality in choices and chosen != "Flat" and rerank is None:
+                chosen_rerank = ondisk.RERANK  # compressed codes rank roughly: rescore them
             self.manifest.setdefault("indexes", {})[modality] = {
                 "search": {"nprobe": nprobe, "ef_search": ef_search},
                 "rerank": chosen_rerank,
