@@ -265,9 +265,24 @@ def test_a_catalog_of_the_previous_schema_migrates(tmp_path):
     assert catalog.migrations_applied == [
         "m002_change_tracking",
         "m003_file_state_and_unique_errors",
+        "m004_counts",
     ]
     assert catalog.get([1])[0]["source"] == "old.txt" and catalog.get([1])[0]["seq"] == 0
+    assert (catalog.count("text"), catalog.count("image"), catalog.count()) == (1, 0, 1)
     assert Catalog(path).migrations_applied == []
+
+
+def test_counts_follow_every_write(tmp_path):
+    store, ids, vectors, modality = _fill(tmp_path / "ix", n_image=30, n_text=20)
+    store.delete(ids[:5])  # images
+    store.update([int(ids[40])], _items(1, "text", start=40), vectors[40:41], SPEC)
+    with pytest.raises(InputError):  # a rolled-back write counts nothing
+        store.add(_items(2, "text", start=30), vectors[:2], SPEC)
+    sql = "SELECT count(*) FROM items WHERE modality = ?"
+    for name in ("image", "text"):
+        truth = store.catalog.conn.execute(sql, (name,)).fetchone()[0]
+        assert store.catalog.count(name) == truth
+    assert (store.catalog.count("image"), store.catalog.count()) == (25, 45)
 
 
 def test_opening_a_missing_index_says_how_to_create_it(tmp_path):

@@ -77,7 +77,29 @@ def m003_file_state_and_unique_errors(db) -> None:
     )
 
 
-MIGRATIONS = [m001_base, m002_change_tracking, m003_file_state_and_unique_errors]
+def m004_counts(db) -> None:
+    """Items per modality kept by triggers in the same transaction as each write: opening a
+    2M-item index asked `count(*)` three times, 0.12 s each at 500k (O(n)); now O(1)."""
+    db.executescript(
+        """
+        CREATE TABLE counts (modality TEXT PRIMARY KEY, n INTEGER NOT NULL);
+        INSERT INTO counts (modality, n) VALUES ('image', 0), ('text', 0);
+        UPDATE counts SET n = (SELECT count(*) FROM items WHERE modality = counts.modality)
+        """
+    )
+    for trigger in (  # whole statements: executescript splits at every ";"
+        "CREATE TRIGGER items_counted AFTER INSERT ON items BEGIN "
+        "UPDATE counts SET n = n + 1 WHERE modality = NEW.modality; END",
+        "CREATE TRIGGER items_uncounted AFTER DELETE ON items BEGIN "
+        "UPDATE counts SET n = n - 1 WHERE modality = OLD.modality; END",
+        "CREATE TRIGGER items_recounted AFTER UPDATE OF modality ON items BEGIN "
+        "UPDATE counts SET n = n - 1 WHERE modality = OLD.modality; "
+        "UPDATE counts SET n = n + 1 WHERE modality = NEW.modality; END",
+    ):
+        db.conn.execute(trigger)
+
+
+MIGRATIONS = [m001_base, m002_change_tracking, m003_file_state_and_unique_errors, m004_counts]
 
 
 def migrate(conn, upto: str | None = None) -> list[str]:

@@ -246,7 +246,7 @@ def load(folder: Path, entry: dict) -> Segments:
             for name in entry["segments"]
         ]
     if entry["delta"].endswith(".npz"):
-        delta = emptied(template)
+        delta = fx.load(folder / entry["template"])  # read again: cheaper than a copy
         with np.load(folder / entry["delta"]) as data:
             _fill(delta, data["lists"], data["sizes"], data["ids"], data["codes"])
     else:
