@@ -101,8 +101,6 @@ def build(trained, chunks, folder: Path, stem: str) -> np.ndarray:
     """Add (ids, vectors) chunks shard by shard to copies of the trained index, write each
     shard, merge their inverted lists into one `<stem>.ivfdata` file, and write `<stem>.faiss`,
     the index that points at it. Memory stays at one shard. Returns the sorted ids it holds."""
-    from faiss.contrib.ondisk import merge_ondisk
-
     shards, held = [], []
     with tempfile.TemporaryDirectory(dir=folder, prefix=stem + ".shards.") as tmp:
         for number, (ids, vectors) in enumerate(chunks):
@@ -112,9 +110,16 @@ def build(trained, chunks, folder: Path, stem: str) -> np.ndarray:
             shards.append(str(Path(tmp) / f"{number}.index"))
             faiss.write_index(shard, shards[-1])
             del shard
-        merged = faiss.clone_index(trained)
-        with fx._native_stderr(), fx._native_stdout():  # "resizing ..." lines
-            if shards:
-                merge_ondisk(merged, shards, str(folder / f"{stem}.ivfdata"))
-    fx.save(merged, folder / f"{stem}.faiss")
+        write_lists(faiss.clone_index(trained), shards, folder, stem)
     return np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+
+
+def write_lists(empty, shards: list[str], folder: Path, stem: str) -> None:
+    """Merge the inverted lists of the shard files into `<stem>.ivfdata` and write
+    `<stem>.faiss`: `empty` (the trained structure) pointing at it."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    with fx._native_stderr(), fx._native_stdout():  # "resizing ..." lines
+        if shards:
+            merge_ondisk(empty, shards, str(folder / f"{stem}.ivfdata"))
+    fx.save(empty, folder / f"{stem}.faiss")

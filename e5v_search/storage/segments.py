@@ -39,6 +39,7 @@ import numpy as np
 
 from ..files import write_bytes
 from . import faiss_ops as fx
+from . import ondisk
 
 SEAL_BYTES = 64 * 2**20
 MERGE_MAX_BYTES = 256 * 2**20
@@ -352,14 +353,10 @@ def write_ids(path: Path, ids: np.ndarray) -> None:
 
 def _write_ondisk(index, empty, folder: Path, name: str) -> None:
     """An IVF index in memory written as a base file and its lists' .ivfdata file."""
-    from faiss.contrib.ondisk import merge_ondisk
-
     with tempfile.TemporaryDirectory(dir=folder, prefix=name + ".shards.") as tmp:
         shard = str(Path(tmp) / "0.index")
         faiss.write_index(index, shard)
-        with fx._native_stderr(), fx._native_stdout():  # "resizing ..." lines
-            merge_ondisk(empty, [shard], str(folder / f"{name}.ivfdata"))
-    fx.save(empty, folder / f"{name}.faiss")
+        ondisk.write_lists(empty, [shard], folder, name)
 
 
 def _lists_of(delta) -> dict[str, np.ndarray]:
