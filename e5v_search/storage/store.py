@@ -368,7 +368,11 @@ class Store:
             entry["count"] = int(index.ntotal)
             entry["search"] = fx.search_settings(index)
             if modality in self._dirty or "files" not in entry:
-                entry["files"] = file_records(segments.files_of(self.path, entry))
+                # A file is never changed once written: records of names kept are still true.
+                kept = entry.get("files") or {}
+                files = segments.files_of(self.path, entry)
+                new = file_records([p for p in files if p.name not in kept])
+                entry["files"] = {p.name: kept.get(p.name) or new[p.name] for p in files}
         seq = self.covered
         next_id = max(self.catalog.next_id, self.manifest.get("next_id", 1))
         self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
