@@ -16,6 +16,7 @@ from .config import (
     DEFAULT_MODEL,
     LOCK_TIMEOUT,
     MAX_BATCH_TOKENS,
+    MAX_ID,
     MAX_K,
     MAX_PIXELS,
     MAX_UPLOAD_BYTES,
@@ -290,7 +291,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, max
 @click.argument("query", required=False)
 @click.option("--image", "-i", type=click.Path(dir_okay=False), help="Query image (with QUERY: "
               "E5-V's composed image+text query).")  # fmt: skip
-@click.option("--like", type=int, help="Id of a stored item: more like it.")
+@click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
 @click.option("--type", "modality", type=click.Choice(["image", "text", "any"]),
               help="What to return [the other modality of the query].")  # fmt: skip
 @click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
@@ -365,6 +366,13 @@ def info(index, as_json):
                    f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
     for modality, problem in data["damaged"].items():
         click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
+    for modality, ids in data["skipped_rows"].items():
+        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {ids[:5]})")
+    if data["unsaved_changes"] > 0:
+        click.echo(
+            f"files:   {data['unsaved_changes']} committed changes not saved in them yet (an "
+            "ingest running, or one that stopped: the next write saves them)"
+        )
     click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
 
 
@@ -387,8 +395,7 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     if max_memory:
         from .config import parse_bytes
 
-        max_memory = parse_bytes(max_memory)
-        if max_memory < 10**6:  # "--max-memory 8" is a typo for 8GB, not a budget
+        if parse_bytes(max_memory) < 10**6:  # "--max-memory 8" is a typo for 8GB, not a budget
             raise click.UsageError("--max-memory: give at least 1MB (8GB, 512MiB)")
     with _open_engine(index) as engine:
         _echo_notices(engine)
@@ -399,27 +406,107 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
             click.echo(f"{s['modality']}: {s['factory']}, {s['vectors']} vectors in "
                        f"{s['seconds']:.1f} s, {s['bytes'] / 2**20:.1f} MiB"
                        + (f" ({s['note']})" if "note" in s else ""))  # fmt: skip
+        _echo_notices(engine)
         if recall:
             for pair, value in engine.recall().items():
                 click.echo(f"recall@10 {pair}: {value:.3f}")
 
 
+DELETE_ASKS = 100  # deleting more items than this asks first (--yes answers)
+
+
 @cli.command()
 @index_option
 @lock_option
-@click.option("--id", "ids", type=int, multiple=True, help="Item id (repeatable).")
+@click.option(
+    "--id", "ids", type=click.IntRange(1, MAX_ID), multiple=True, help="Item id (repeatable)."
+)
 @click.option("--source-prefix", help="Delete items whose source path starts with this.")
 @click.option("--where", help="SQL condition on items.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata equality filter (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help=f"Do not ask, even above {DELETE_ASKS} items.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Allow a prefix or filter that selects every item of the index.",
+)
 @_errors_to_click
-def delete(index, ids, source_prefix, where, meta):
-    """Delete items from the catalog and the index."""
+def delete(index, ids, source_prefix, where, meta, dry_run, yes, everything):
+    """Delete items from the catalog and the index.
+
+    A prefix or filter that selects every item is refused without --all (an unset $DIR must
+    not empty an index); above 100 items it asks first (--yes does not ask).
+    """
     filters = _filters(meta)
     with _open_engine(index) as engine:
-        removed = engine.delete(
-            list(ids), source_prefix=source_prefix, where=where or filters or None
-        )
+        _echo_notices(engine)
+        where = where or filters or None
+        chosen = engine.to_delete(list(ids), source_prefix, where, everything=everything)
+        if dry_run:
+            for row in engine.items(chosen[:10]):
+                click.echo(f"{row['id']:>8}  {_describe_row(row)}")
+            more = " (the first 10 above)" if len(chosen) > 10 else ""
+            click.echo(f"would delete {len(chosen)} items{more}", err=True)
+            return
+        if len(chosen) > DELETE_ASKS and not yes:
+            question = f"Delete {len(chosen):,} items from {engine.path}?"
+            if not sys.stdin.isatty():
+                raise click.UsageError(f"{question} Pass --yes to delete without being asked.")
+            click.confirm(question, abort=True, err=True)
+        removed = engine.delete(chosen, everything=True) if chosen else 0
     click.echo(f"deleted {removed} items", err=True)
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@_errors_to_click
+def verify(index, as_json):
+    """Read every byte of the index against what was recorded when it was written.
+
+    Both copies of the manifest, every index file (its SHA-256), the catalog (SQLite's
+    integrity check, then each row and vector against its checksum) and lost commits. Writes
+    nothing (it works on read-only media); exit status 1 when anything is damaged, with what
+    to run (`e5v-search repair`).
+    """
+    from .storage.verify import problems
+
+    with _open_engine(index) as engine:
+        report = engine.verify()
+    found = problems(report)
+    if as_json:
+        click.echo(json.dumps({**report, "problems": found}, indent=2))
+    else:
+        whole = sum(f["whole"] and not f["problem"] for f in report["files"])
+        catalog = report["catalog"]
+        unchecked = catalog["unchecked_rows"]
+        click.echo(f"files:   {whole} of {len(report['files'])} whole (every byte checked)")
+        before = f", {unchecked:,} written before checksums" if unchecked else ""
+        click.echo(f"catalog: {catalog['rows']:,} rows checked{before}")
+        click.echo(f"read {report['bytes'] / 2**20:.1f} MiB in {report['seconds']:.1f} s")
+        for line in found:
+            click.echo(f"DAMAGED: {line}")
+    if found:
+        raise click.ClickException(
+            f"{len(found)} problem(s) in {report['path']}: `e5v-search repair --index "
+            f"{report['path']}` mends what can be mended"
+        )
+
+
+@cli.command()
+@index_option
+@lock_option
+@_errors_to_click
+def repair(index):
+    """Mend what `verify` finds: damaged index files rebuilt from the catalog as they were,
+    damaged rows marked to be embedded again by the next ingest, lost commits acknowledged."""
+    with _open_engine(index) as engine:
+        _echo_notices(engine)
+        for line in engine.repair():
+            click.echo(line)
+        _echo_notices(engine)
 
 
 @cli.command()
@@ -548,6 +635,13 @@ def _filters(pairs) -> dict:
     from .storage.catalog import parse_filters  # here: `--help` stays free of numpy and SQLite
 
     return parse_filters(pairs)
+
+
+def _describe_row(row) -> str:
+    if row["modality"] == "text" and row["text"] is not None:
+        where = f" ({Path(row['source']).name}, {row['locator']})" if row["locator"] else ""
+        return f"{row['text'][:70]}{where}"
+    return str(row["source"])
 
 
 def _describe(result) -> str:

@@ -12,6 +12,7 @@ MAX_BATCH_TOKENS = 16384  # padded tokens in one forward pass; an image is 1,176
 MAX_PIXELS = 100_000_000  # 100 MP: past any camera; PIL itself refuses above ~179 MP
 MAX_UPLOAD_BYTES = 20 * 2**20  # the server's upload limit
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
+MAX_ID = 2**63 - 1  # item ids are SQLite integers
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
 INDEXES = Path("indexes")  # home of named indexes
 

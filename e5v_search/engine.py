@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS
+from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
 from .ingest.run import Ingestion
 from .model.images import IMAGE_EXTENSIONS
@@ -142,7 +142,13 @@ class Engine:
     def notices(self) -> list[str]:
         """What the engine learnt that the user should hear, each line once: index files
         repaired, checkpoint traps repaired, harmless spec differences."""
-        lines = [f"repaired: {line}" for line in self.store.repairs]
+        from .storage.commits import describe
+
+        store = self.store
+        lines = [f"repaired: {line}" for line in store.repairs]
+        lines += [f"lost: {describe(lost)}" for lost in [*store.catalog.lost(), store.lost] if lost]
+        lines += [f"acknowledged: {describe(lost)}" for lost in store.acknowledged]
+        lines += [f"damaged: {line}" for line in store.catalog.damaged_rows.values()]
         repairs = getattr(self._encoder, "repairs", None)
         if repairs:
             lines.append(f"model: the checkpoint was repaired on loading: {'; '.join(repairs)}")
@@ -289,6 +295,7 @@ class Engine:
         if not given or (like is not None and given > 1):
             raise InputError("give a text, an image, both, or the id of a stored item (like)")
         if like is not None:
+            like = _item_id(like)
             rows = self.items([like])
             if not rows:
                 raise InputError(f"no item with id {like} in this index")
@@ -344,31 +351,88 @@ class Engine:
         budget = parse_bytes(max_memory) if isinstance(max_memory, str) else max_memory
         if budget is not None and budget < 1:
             raise InputError(f"max memory {max_memory}: give a size such as 8GB or 512MiB")
-        return self.store.rebuild(
-            factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
-        )
+        try:
+            return self.store.rebuild(
+                factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
+            )
+        except InputError as error:
+            if budget is None:
+                raise
+            raise InputError(f"--max-memory {max_memory}: {error}") from error
 
     def recall(self, k: int = 10, sample: int = 200) -> dict[str, float]:
         """Each index's recall@k against exact search (faiss_ops.neighbour_recall)."""
         return self.store.recall(k=k, sample=sample)
 
-    def delete(self, ids=(), source_prefix: str | None = None, where=None, params=()) -> int:
-        """Delete by ids, by source path prefix, or by filter (SQL or a metadata dict)."""
+    def to_delete(
+        self, ids=(), source_prefix: str | None = None, where=None, params=(), *, everything=False
+    ) -> list[int]:
+        """The ids `delete` would remove, nothing written: by ids, by source path prefix, or by
+        filter (SQL or a metadata dict). What no one means is refused: an empty or blank
+        prefix, ids past SQLite's range, and a prefix or filter that selects every item of the
+        index unless `everything` says so (an unset $DIR must not empty an index)."""
         if not ids and source_prefix is None and where is None:
             raise InputError("say what to delete: ids, a source prefix or a filter")
+        ids = [_item_id(i) for i in ids]
+        if source_prefix is not None and not str(source_prefix).strip():
+            raise InputError(
+                "the source prefix is empty: it would match every item. Give the folder or "
+                "file whose items to delete (an unset shell variable?)"
+            )
+        if isinstance(where, dict):
+            where, params = metadata_filter(where)
+        if where is not None and not str(where).strip():
+            raise InputError("the filter is empty: give an SQL condition on items")
+        catalog = self.store.catalog
+        chosen = {row["id"] for row in catalog.get(ids)}  # those that exist
+        selected = set()
+        if source_prefix is not None:
+            prefix = str(source_prefix)
+            by_prefix = catalog.ids(where="substr(source, 1, ?) = ?", params=(len(prefix), prefix))
+            selected |= set(by_prefix.tolist())
+        if where is not None:
+            selected |= set(catalog.ids(where=where, params=params).tolist())
+        total = catalog.count() or 0
+        if selected and len(selected) == total and not everything:
+            what = "the source prefix" if where is None else "the filter"
+            raise InputError(
+                f"{what} selects every item of {self.path} ({total:,}): to delete them all, "
+                "say so (`--all`, or everything=True); to start again, remove the index directory"
+            )
+        return sorted(chosen | selected)
+
+    def delete(
+        self, ids=(), source_prefix: str | None = None, where=None, params=(), *, everything=False
+    ) -> int:
+        """Delete by ids, by source prefix, or by filter (SQL or a metadata dict); see
+        `to_delete` for what is refused. Returns how many items were deleted."""
         with self.store.writing("delete"):
-            removed = self.store.delete(ids) if ids else 0
-            if source_prefix is not None:
-                removed += self.store.delete_source_prefix(source_prefix)
-            if where is not None:
-                if isinstance(where, dict):
-                    where, params = metadata_filter(where)
-                removed += self.store.delete_where(where, params)
-        return removed
+            chosen = self.to_delete(ids, source_prefix, where, params, everything=everything)
+            return self.store.delete(chosen) if chosen else 0
+
+    def verify(self) -> dict:
+        """Every byte of the index directory against what was recorded when it was written
+        (storage/verify.py); writes nothing."""
+        return self.store.verify()
+
+    def repair(self) -> list[str]:
+        """Mend what `verify` finds (storage/store.py `Store.repair`), one line per action."""
+        return self.store.repair()
 
     def refresh(self) -> bool:
         """Follow what other processes committed (see Store.refresh); True if anything did."""
         return self.store.refresh()
+
+
+def _item_id(value) -> int:
+    """An item id as the catalog holds them (SQLite integers, from 1)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"item id {value!r} is not a whole number") from None
+    if not 1 <= number <= MAX_ID:
+        raise InputError(f"item id {value} is out of range: ids run from 1 to {MAX_ID}")
+    return number
 
 
 def _result(hit, row) -> Result:

@@ -40,5 +40,10 @@ class IndexBusyError(E5VSearchError):
     """Another process holds the index's writer lock for longer than we may wait."""
 
 
+class IndexWriteError(E5VSearchError):
+    """The index directory cannot be written now (a full disk, read-only media); nothing
+    committed before was lost."""
+
+
 class IndexBuildError(E5VSearchError):
     """The index type cannot be built from these vectors (bad factory string, too few vectors)."""

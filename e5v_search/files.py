@@ -8,6 +8,7 @@ fsynced so the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +24,9 @@ def replacing(path: str | Path) -> Iterator[Path]:
     and is removed when it fails."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    # mkstemp makes the file private (0600): the new file gets the mode any file made here
+    # would have, so another account that may read the index can still read its files.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -52,6 +56,13 @@ def sha256_of(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path) -> None:

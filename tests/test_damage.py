@@ -10,6 +10,7 @@ import pytest
 from e5v_search.errors import IndexDamagedError
 from e5v_search.spec import Spec
 from e5v_search.storage import ondisk
+from e5v_search.storage.commits import describe
 from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors, index_file
 
@@ -171,9 +172,13 @@ def test_a_catalog_that_lost_its_last_writes_is_named_and_ids_are_never_reused(t
                           clustered_vectors(5, DIM, seed=3), SPEC)  # fmt: skip
     shutil.copy(tmp_path / "old.sqlite", path / "catalog.sqlite")  # the last writes are lost
     with Store.open(path) as store:
-        assert len(store.repairs) == 1 and "catalog.sqlite is older than" in store.repairs[0]
+        assert "the catalog lost its last 1 commit" in describe(store.lost)
+        assert store.repairs == [
+            "text index rebuilt from 10 stored vectors: they hold commits the catalog lost"
+        ]
         assert store.indexes["text"].ntotal == 10
         new = store.add([{"modality": "text", "source": "new"}], clustered_vectors(1, DIM), SPEC)
     assert new[0] > max(later)  # the id of a lost item is never given to another
     with Store.open(path) as store:
         assert store.repairs == [] and store.indexes["text"].ntotal == 11
+        assert store.lost is None and len(store.catalog.lost()) == 1  # kept until acknowledged

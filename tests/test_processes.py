@@ -109,6 +109,9 @@ def test_two_ingests_at_once_equal_one_sequential_run(tmp_path, env):
     _assert_every_item_finds_itself(together)
 
 
+WRITERS_OWN = ("catalog.sqlite", "commits.json")  # what the running ingest writes per commit
+
+
 def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
     index = tmp_path / "ix"
     assert _run("ingest", _lines(tmp_path / "seed.txt", 20, "seed"), "--index", index,
@@ -121,7 +124,7 @@ def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
         assert writer.poll() is None and time.time() < deadline, "the ingest ended too soon"
         time.sleep(0.1)
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
-              if not p.name.startswith("catalog.sqlite")}  # fmt: skip
+              if not p.name.startswith(WRITERS_OWN)}  # fmt: skip
     code, out, err = _run("info", "--index", index, env=env)  # it sees changes the files lack
     assert code == 0, err
     code, out, err = _run("search", "big line number 3", "--type", "text", "-k", "1",
@@ -129,7 +132,7 @@ def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
     assert code == 0, err
     assert writer.poll() is None, "the ingest ended while the readers ran: use more lines"
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
-             if not p.name.startswith("catalog.sqlite")}  # fmt: skip
+             if not p.name.startswith(WRITERS_OWN)}  # fmt: skip
     assert after == before
     writer.communicate(timeout=240)
     assert writer.returncode == 0
@@ -163,7 +166,8 @@ def test_a_second_writer_waits_names_the_holder_and_a_killed_holder_frees_the_lo
 
 WRITERS = {
     "ingest": ["ingest", "u.txt", "--quiet"],
-    "delete": ["delete", "--source-prefix", "t.txt"],  # (resolved against tmp_path below)
+    # (resolved against tmp_path below; every item when it runs first: --all, and --yes)
+    "delete": ["delete", "--source-prefix", "t.txt", "--all", "--yes"],
     "rebuild-ivf": ["rebuild", "--type", "IVF4,Flat"],
     "rebuild-budget": ["rebuild", "--max-memory", "1MB"],
     "rebuild-flat": ["rebuild", "--type", "Flat"],

@@ -13,7 +13,15 @@ reads of a rebuild or a re-ranking. A blob's length says which, so a catalog can
 
 Every write is one transaction that takes the next value of a change counter (`seq`) and stamps
 it on the items it writes (and on the ids it deletes, in `deleted`), so an index file that
-missed some changes knows exactly which ones (see store.py). Ids are never reused.
+missed some changes knows exactly which ones (see store.py). Ids are never reused; after each
+commit `commits.json` remembers the counter, so a commit SQLite loses is named (commits.py).
+
+Each row carries a CRC-32 (`vectors.checksum` of the blob, `items.checksum` of the item's
+fields, see `item_checksum`), written in the same transaction: a vector read for a rebuild, a
+re-ranking or a filtered search is checked first, and a damaged one is named and skipped (in
+`damaged_rows`), never indexed or scored. Rows written before checksums (NULL) are read as they
+are. Readers open the file read-only (`Catalog(path, writable=False)`), so they write nothing,
+even on read-only media.
 """
 
 from __future__ import annotations
@@ -22,14 +30,16 @@ import json
 import os
 import re
 import sqlite3
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
 
-from ..errors import InputError
+from ..errors import IndexDamagedError, IndexWriteError, InputError
 from ..spec import Spec, check
+from . import commits
 from .migrations import migrate, transaction
 
 MODALITIES = ("image", "text")
@@ -122,8 +132,18 @@ def metadata_filter(filters: dict) -> tuple[str, list]:
 
 
 class Catalog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writable: bool = True):
         self.path = Path(path)
+        self.writable = writable
+        self.migrations_applied: list[str] = []
+        self.damaged_rows: dict[int, str] = {}  # item id -> what is wrong with its row
+        self._connect()
+
+    def _connect(self) -> None:
+        if not self.writable:
+            self.conn = _read_only(self.path)
+            self.db = sqlite_utils.Database(self.conn)
+            return
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so one
         # batch of items and its vectors land together or not at all.
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -133,6 +153,13 @@ class Catalog:
         conn.execute("PRAGMA foreign_keys=ON")
         self.conn = conn
         self.migrations_applied = migrate(conn)
+
+    def make_writable(self) -> None:
+        """Reopen for writing (a writer that opened as a reader, under the writer lock)."""
+        if not self.writable:
+            self.conn.close()
+            self.writable = True
+            self._connect()
 
     def close(self) -> None:
         self.conn.close()
@@ -167,6 +194,43 @@ class Catalog:
     def dim(self) -> int | None:
         spec = self.spec()
         return spec["dim"] if spec else None
+
+    def state(self) -> dict:
+        """The change counter, the next id and the counts: what commits.json remembers."""
+        counts = {m: self.count(m) for m in MODALITIES}
+        return {"seq": self.seq, "next_id": self.next_id, "counts": counts}
+
+    def lost(self) -> list[dict]:
+        """Losses found and not yet acknowledged (commits.py), oldest first."""
+        return self._meta("lost", [])
+
+    def record_loss(self, lost: dict, seq: int, next_id: int) -> None:
+        """Keep a loss until it is acknowledged, and take the counters past what was given."""
+        with transaction(self.conn):
+            self._set_meta("lost", [*self.lost(), {**lost, "found_at": now()}])
+            self._set_meta("seq", max(self.seq, seq))
+            self._set_meta("next_id", max(self.next_id, next_id))
+        self.remember()
+
+    def acknowledge_loss(self) -> list[dict]:
+        lost = self.lost()
+        if lost:
+            with transaction(self.conn):
+                self.conn.execute("DELETE FROM meta WHERE key = 'lost'")
+        return lost
+
+    def shape(self) -> dict:
+        """Each modality's index type as the last save left it (store.py), kept here too: the
+        catalog survives a damaged manifest."""
+        return self._meta("index_shape", {})
+
+    def set_shape(self, shape: dict) -> None:
+        if shape != self.shape():
+            with transaction(self.conn):
+                self._set_meta("index_shape", shape)
+
+    def remember(self) -> None:
+        commits.remember(self.path.parent, **self.state())
 
     def check_spec(self, spec: Spec, purpose: str = "query") -> list[str]:
         """spec.check against this catalog's spec: raises on a mismatch, returns notes."""
@@ -203,14 +267,15 @@ class Catalog:
             ids = list(range(first, first + len(items)))
             stamp = now()
             rows = [
-                (i, item["modality"], *_item_values(item), stamp, stamp, seq)
+                (i, item["modality"], *values, stamp, stamp, seq, _checksum_of(item, values))
                 for i, item in zip(ids, items, strict=True)
+                for values in [_item_values(item)]
             ]
             try:
                 self.conn.executemany(
                     "INSERT INTO items (id, modality, source, locator, text, content_hash, "
                     "width, height, metadata, file_size, file_mtime_ns, added_at, updated_at, "
-                    "seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "seq, checksum) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
             except sqlite3.IntegrityError as error:
@@ -218,12 +283,14 @@ class Catalog:
                     f"an item from the same source and locator is already in the catalog "
                     f"({error}): update it instead of adding it again"
                 ) from error
+            blobs = encode_vectors(vectors, stored_dtype(spec))
             self.conn.executemany(
-                "INSERT INTO vectors (item_id, vector) VALUES (?, ?)",
-                zip(ids, encode_vectors(vectors, stored_dtype(spec)), strict=True),
+                "INSERT INTO vectors (item_id, vector, checksum) VALUES (?, ?, ?)",
+                [(i, b, zlib.crc32(b)) for i, b in zip(ids, blobs, strict=True)],
             )
             self._set_meta("next_id", first + len(items))
             self._set_meta("seq", seq)
+        self.remember()
         return ids
 
     def update(self, ids: list[int], items: list[dict], vectors: np.ndarray, spec: Spec) -> None:
@@ -234,15 +301,21 @@ class Catalog:
             seq, stamp = self.seq + 1, now()
             self.conn.executemany(
                 "UPDATE items SET source=?, locator=?, text=?, content_hash=?, width=?, "
-                "height=?, metadata=?, file_size=?, file_mtime_ns=?, updated_at=?, seq=? "
-                "WHERE id=?",
-                [(*_item_values(item), stamp, seq, i) for i, item in zip(ids, items, strict=True)],
+                "height=?, metadata=?, file_size=?, file_mtime_ns=?, updated_at=?, seq=?, "
+                "checksum=? WHERE id=?",
+                [
+                    (*values, stamp, seq, _checksum_of(item, values), i)
+                    for i, item in zip(ids, items, strict=True)
+                    for values in [_item_values(item)]
+                ],
             )
+            blobs = encode_vectors(vectors, stored_dtype(spec))
             self.conn.executemany(
-                "UPDATE vectors SET vector=? WHERE item_id=?",
-                zip(encode_vectors(vectors, stored_dtype(spec)), ids, strict=True),
+                "UPDATE vectors SET vector=?, checksum=? WHERE item_id=?",
+                [(b, zlib.crc32(b), i) for b, i in zip(blobs, ids, strict=True)],
             )
             self._set_meta("seq", seq)
+        self.remember()
 
     def delete(self, ids) -> int:
         """Delete items (and their vectors); their ids are kept in `deleted` for the index."""
@@ -261,6 +334,7 @@ class Catalog:
                     f"DELETE FROM items WHERE id IN ({marks})", chunk
                 ).rowcount
             self._set_meta("seq", seq)
+        self.remember()
         return removed
 
     def record_error(self, source: str, reason: str, locator: str = "") -> None:
@@ -283,8 +357,16 @@ class Catalog:
         """Change fields that do not change the vector (metadata, file state): no re-indexing."""
         values = dict(zip(ITEM_FIELDS, _item_values(fields), strict=True))
         sets = {k: values[k] for k in fields}
-        assignments = ", ".join(f"{k} = ?" for k in sets)
         with transaction(self.conn):
+            if set(sets) & set(_CHECKED_FIELDS):  # the row's checksum covers it: recompute
+                row = self.db.execute(
+                    f"SELECT modality, {', '.join(_CHECKED_FIELDS)} FROM items WHERE id = ?",
+                    [item_id],
+                ).fetchone()
+                if row is not None:
+                    stored = dict(zip(("modality", *_CHECKED_FIELDS), row, strict=True))
+                    sets["checksum"] = item_checksum({**stored, **sets})
+            assignments = ", ".join(f"{k} = ?" for k in sets)
             self.conn.execute(
                 f"UPDATE items SET {assignments}, updated_at = ? WHERE id = ?",
                 [*sets.values(), now(), item_id],
@@ -301,6 +383,8 @@ class Catalog:
             raise InputError(
                 f"vectors have {np.shape(vectors)[1]} values, the spec says {spec.dim}"
             )
+        for item in items:
+            _ensure_utf8(item)
         finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
         if len(vectors) and not finite.all():
             bad = [item.get("source") for item, ok in zip(items, finite, strict=True) if not ok]
@@ -341,63 +425,138 @@ class Catalog:
         return [found[int(i)] for i in ids if int(i) in found]
 
     def vectors(self, ids) -> np.ndarray:
-        """Stored vectors in the order of `ids` (all must exist). Decoded a chunk at a time
-        into the result: memory holds the result and one chunk (a rebuild's training sample is
-        up to 2 GiB)."""
-        ids = [int(i) for i in ids]
-        unique = list(dict.fromkeys(ids))
-        row = {i: n for n, i in enumerate(unique)}
+        """Stored vectors in the order of `ids` (all must exist and be whole: a damaged row
+        raises IndexDamagedError naming it). Decoded a chunk at a time into the result: memory
+        holds the result and one chunk (a rebuild's training sample is up to 2 GiB)."""
+        found, vectors = self.readable_vectors(ids)
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        if len(found) < len(wanted):
+            bad = [i for i in wanted if i in self.damaged_rows]
+            if bad:
+                raise IndexDamagedError(self.damaged_rows[bad[0]])
+            missing = sorted(set(wanted) - set(found.tolist()))
+            raise KeyError(f"no stored vector for item ids {missing[:5]}")
+        if len(found) == len(ids) and np.array_equal(found, ids):
+            return vectors
+        position = {int(i): n for n, i in enumerate(found)}
+        return vectors[[position[int(i)] for i in ids]]
+
+    def readable_vectors(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of `ids` that are stored and whole, in the order asked
+        (each once); a damaged row is left out and named in `damaged_rows`."""
+        unique = list(dict.fromkeys(int(i) for i in ids))
         out = np.empty((len(unique), self.dim or 0), dtype=np.float32)
-        seen = set()
+        row = {i: n for n, i in enumerate(unique)}
+        good = np.zeros(len(unique), dtype=bool)
         for chunk in _chunks(unique):
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT item_id, vector FROM vectors WHERE item_id IN ({marks})"
-            rows = self.conn.execute(sql, chunk).fetchall()
+            sql = f"SELECT item_id, vector, checksum FROM vectors WHERE item_id IN ({marks})"
+            rows = self._whole(self.conn.execute(sql, chunk).fetchall())
             if rows:
-                out[[row[r[0]] for r in rows]] = decode_vectors([r[1] for r in rows], out.shape[1])
-            seen.update(r[0] for r in rows)
-        if len(seen) < len(unique):
-            missing = [i for i in unique if i not in seen]
-            raise KeyError(f"no stored vector for item ids {missing[:5]}")
-        return out if len(unique) == len(ids) else out[[row[i] for i in ids]]
+                at = [row[r[0]] for r in rows]
+                out[at] = decode_vectors([r[1] for r in rows], out.shape[1])
+                good[at] = True
+        return np.array(unique, dtype=np.int64)[good], out[good]
 
     def iter_vectors(self, modality: str, batch: int = 20000, since_seq: int | None = None):
         """(ids, vectors) chunks of one modality in id order, optionally only items written
-        after `since_seq`; memory stays at one chunk."""
+        after `since_seq`; memory stays at one chunk. Damaged rows are left out (and named in
+        `damaged_rows`): never indexed."""
         sql = (
-            "SELECT v.item_id, v.vector FROM vectors v JOIN items i ON i.id = v.item_id "
-            "WHERE i.modality = ?"
+            "SELECT v.item_id, v.vector, v.checksum FROM vectors v JOIN items i "
+            "ON i.id = v.item_id WHERE i.modality = ?"
         )
         args = [modality]
         if since_seq is not None:
             sql, args = sql + " AND i.seq > ?", args + [since_seq]
         cursor = self.conn.execute(sql + " ORDER BY v.item_id", args)
         while rows := cursor.fetchmany(batch):
+            rows = self._whole(rows)
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             yield ids, decode_vectors([r[1] for r in rows], self.dim)
+
+    def _whole(self, rows: list[tuple]) -> list[tuple]:
+        """The (id, blob, checksum) rows whose blob is whole; the others are named."""
+        dim, kept = self.dim, []
+        for row in rows:
+            problem = vector_damage(row[1], row[2], dim)
+            if problem:
+                self.damaged_rows[row[0]] = (
+                    f"item {row[0]}'s stored vector is damaged ({problem}): it is skipped; "
+                    "`e5v-search repair` marks it to be embedded again by the next ingest of "
+                    "its source"
+                )
+            else:
+                kept.append(row)
+        return kept
 
     def compact_vectors(self, batch: int = 5000) -> int:
         """Rewrite float32 blobs as float16 when the catalog's model computes in half precision
         (catalogs written before blobs could be float16); a transaction per batch, each blob
-        valid either way, so an interrupted run just leaves some to do. Returns how many."""
+        valid either way, so an interrupted run just leaves some to do. A damaged blob is left
+        as it is (and named). Returns how many were rewritten."""
         spec, dim = self.spec(), self.dim
         if not spec or spec.get("dtype") not in HALF_DTYPES:
             return 0
-        done = 0
+        done, after = 0, 0
         while True:
             rows = self.conn.execute(
-                "SELECT item_id, vector FROM vectors WHERE length(vector) = ? LIMIT ?",
-                (4 * dim, batch),
+                "SELECT item_id, vector, checksum FROM vectors WHERE length(vector) = ? "
+                "AND item_id > ? ORDER BY item_id LIMIT ?",
+                (4 * dim, after, batch),
             ).fetchall()
             if not rows:
                 return done
-            vectors = decode_vectors([r[1] for r in rows], dim)
+            after = rows[-1][0]
+            rows = self._whole(rows)
+            blobs = encode_vectors(decode_vectors([r[1] for r in rows], dim), "<f2")
             with transaction(self.conn):
                 self.conn.executemany(
-                    "UPDATE vectors SET vector=? WHERE item_id=?",
-                    zip(encode_vectors(vectors, "<f2"), [r[0] for r in rows], strict=True),
+                    "UPDATE vectors SET vector=?, checksum=? WHERE item_id=?",
+                    [(b, zlib.crc32(b), r[0]) for b, r in zip(blobs, rows, strict=True)],
                 )
             done += len(rows)
+
+    def damaged(self, batch: int = 5000):
+        """Every row whose vector or item fields fail their checksum, as (id, source, what),
+        and the number of rows checked and of rows written before checksums: `verify`."""
+        checked = unchecked = 0
+        bad = []
+        after, dim = 0, self.dim
+        fields = ", ".join(f"i.{f}" for f in ("modality", *_CHECKED_FIELDS))
+        while True:
+            rows = self.conn.execute(
+                f"SELECT i.id, i.checksum, v.vector, v.checksum, {fields} FROM items i "
+                "LEFT JOIN vectors v ON v.item_id = i.id WHERE i.id > ? ORDER BY i.id LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            if not rows:
+                return bad, checked, unchecked
+            after = rows[-1][0]
+            for item_id, item_sum, blob, vector_sum, *values in rows:
+                checked += 1
+                unchecked += item_sum is None or vector_sum is None
+                record = dict(zip(("modality", *_CHECKED_FIELDS), values, strict=True))
+                if blob is None:
+                    bad.append((item_id, record["source"], "its vector is missing"))
+                elif problem := vector_damage(blob, vector_sum, dim):
+                    bad.append((item_id, record["source"], f"its vector is damaged ({problem})"))
+                if item_sum is not None and item_checksum(record) != item_sum:
+                    bad.append((item_id, record["source"], "its fields fail their checksum"))
+
+    def forget_content(self, ids) -> int:
+        """Clear the content hash and file state of these items, so the next ingest of their
+        sources embeds them again and rewrites their rows (a damaged row's mend)."""
+        ids = [int(i) for i in ids]
+        with transaction(self.conn):
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(
+                    "UPDATE items SET content_hash = NULL, file_size = NULL, "
+                    f"file_mtime_ns = NULL WHERE id IN ({marks})",
+                    chunk,
+                )
+        return len(ids)
 
     def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         """The stored rows of these (source, locator) keys, by key."""
@@ -467,6 +626,70 @@ def _item_values(item: dict) -> tuple:
         item.get("file_size"),
         item.get("file_mtime_ns"),
     )
+
+
+_CHECKED_FIELDS = ("source", "locator", "text", "content_hash", "width", "height", "metadata")
+
+
+def item_checksum(row: dict) -> int:
+    """CRC-32 of what an item is (not of its file state or time stamps, which may change)."""
+    values = [row.get("modality"), *(row.get(f) for f in _CHECKED_FIELDS)]
+    return zlib.crc32(json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def _checksum_of(item: dict, values: tuple) -> int:
+    return item_checksum(
+        {"modality": item["modality"], **dict(zip(ITEM_FIELDS, values, strict=True))}
+    )
+
+
+def vector_damage(blob, checksum, dim) -> str | None:
+    """What is wrong with a stored vector blob, or None (NULL checksum: written before them)."""
+    if blob is None:
+        return "missing"
+    if dim and len(blob) not in (2 * dim, 4 * dim):
+        return f"{len(blob)} bytes, not {2 * dim} or {4 * dim}"
+    if checksum is not None and zlib.crc32(blob) != checksum:
+        return "its checksum differs from the one written with it"
+    return None
+
+
+def _ensure_utf8(item: dict) -> None:
+    try:
+        for value in _item_values(item):
+            if isinstance(value, str):
+                value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"item from {item.get('source')} ({item.get('locator') or 'no locator'}): its text "
+            f"or metadata cannot be stored as UTF-8 ({error.reason})"
+        ) from error
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes. On media that cannot be written (a read-only mount, a
+    folder of another account) SQLite cannot make the -shm file it reads a WAL with: when
+    there is no -wal file (so nothing is in one) the file is opened as immutable instead."""
+    uri = path.resolve().as_uri()
+    try:
+        return _connected(uri + "?mode=ro")
+    except sqlite3.OperationalError as error:
+        if Path(f"{path}-wal").exists():
+            raise IndexWriteError(
+                f"{path} cannot be read here ({error}): its folder must be writable, or hold "
+                f"no {path.name}-wal file (open it once where it can be written)"
+            ) from error
+    return _connected(uri + "?immutable=1")
+
+
+def _connected(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
 
 
 def _chunks(ids: list[int]):

@@ -1,9 +1,12 @@
-"""The manifest and the checks of the files it vouches for.
+"""The manifest, and the checks of the files it vouches for.
 
-The manifest (manifest.json) names each modality's index files with their size and a SHA-256
-of those read whole when loaded, so a damaged or missing file is found on open, before FAISS
-reads it; the catalog is checked for SQLite's header before SQLite would take an empty or
-foreign file for a new database.
+The manifest (manifest.json) names each modality's index files with their size, a probe (a
+SHA-256 of the file up to 8 MiB, else of 32 blocks spread over it: O(1), checked on every open)
+and a SHA-256 of all of it (`digest`, checked by `verify`, by a writer before it merges a
+segment, and when a file read whole is loaded). It carries a checksum of itself and is written
+twice (manifest.json, then manifest.backup.json), so a damaged copy is known and the other one
+used. The catalog is checked for SQLite's header before SQLite would take an empty or foreign
+file for a new database.
 """
 
 from __future__ import annotations
@@ -13,18 +16,55 @@ import json
 from pathlib import Path
 
 from ..errors import IndexDamagedError
-from ..files import sha256_of
+from ..files import sha256_of, write_json
 
+MANIFEST, BACKUP = "manifest.json", "manifest.backup.json"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def read_manifest(path: Path) -> dict:
-    if not path.exists():
-        return {}
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Both copies, each whole or not written (the first one is what readers follow)."""
+    data = {k: v for k, v in manifest.items() if k != "checksum"}
+    data["checksum"] = _checksum(data)
+    write_json(folder / MANIFEST, data)
+    write_json(folder / BACKUP, data)
+
+
+def read_manifest(folder: Path) -> tuple[dict, str | None]:
+    """The manifest, and what was wrong with it when its first copy could not be used: the
+    backup copy is then used, or nothing ({}) when both are missing or damaged."""
+    manifest, problem = _read(folder / MANIFEST)
+    if problem is None and "checksum" in manifest:
+        return manifest, None  # the usual case: one file read
+    backup, backup_problem = _read(folder / BACKUP)
+    if problem is None and "checksum" in backup:
+        problem = "is damaged (it has lost its checksum)"
+    if problem is None:
+        return manifest, None  # saved before copies and checksums
+    if backup_problem is None:
+        return backup, f"{MANIFEST} {problem}: its copy {BACKUP} was used"
+    if problem == "is missing" and backup_problem == "is missing":
+        return {}, None  # a new index, or one saved before manifests
+    return {}, f"{MANIFEST} {problem} and {BACKUP} {backup_problem}"
+
+
+def _read(path: Path) -> tuple[dict, str | None]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # treated like a missing one: every file is checked and rebuilt if needed
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, "is missing"
+    except (OSError, ValueError) as error:
+        return {}, f"is damaged ({type(error).__name__})"
+    if not isinstance(data, dict):
+        return {}, "is damaged (not an object)"
+    if "checksum" in data and data["checksum"] != _checksum(data):
+        return {}, "is damaged (its checksum differs)"
+    return data, None
+
+
+def _checksum(data: dict) -> str:
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 PROBE_WHOLE = 8 * 2**20  # files up to this size are hashed whole
@@ -32,13 +72,12 @@ PROBE_BLOCKS, PROBE_BLOCK = 32, 64 * 2**10
 
 
 def file_records(files: list[Path]) -> dict:
-    """Size and probe of each file of an index entry (not of the .ivfdata lists, paged from
-    disk and never read whole)."""
+    """Size, probe and digest of each file of an index entry (just written: in the page
+    cache, so the digest costs a read of memory)."""
     records = {}
     for file in files:
-        record = {"size": file.stat().st_size}
-        if file.suffix != ".ivfdata":
-            record["probe"] = probe(file)
+        record = {"size": file.stat().st_size, "probe": probe(file)}
+        record["digest"] = record["probe"] if record["size"] <= PROBE_WHOLE else sha256_of(file)
         records[file.name] = record
     return records
 
@@ -59,7 +98,7 @@ def probe(path: Path) -> str:
 
 
 def damage_of(folder: Path, entry: dict) -> str | None:
-    """What is wrong with the files an entry recorded at its save, or None."""
+    """What is wrong with the files an entry recorded at its save, or None: sizes and probes."""
     for name, record in (entry.get("files") or {}).items():
         file = folder / name
         if not file.exists():
@@ -69,8 +108,25 @@ def damage_of(folder: Path, entry: dict) -> str | None:
             return f"{name} is damaged ({size} bytes, {record['size']} when it was saved)"
         if "probe" in record and probe(file) != record["probe"]:
             return f"{name} is damaged (its checksum differs from the one saved)"
-        if "sha256" in record and sha256_of(file) != record["sha256"]:  # saved before probes
-            return f"{name} is damaged (its checksum differs from the one saved)"
+        if "probe" not in record and "sha256" in record:  # saved before probes
+            if sha256_of(file) != record["sha256"]:
+                return f"{name} is damaged (its checksum differs from the one saved)"
+    return None
+
+
+def digest_damage(folder: Path, name: str, record: dict | None) -> str | None:
+    """Every byte of one file against the digest recorded when it was written (None: whole,
+    or no digest recorded, as in files saved before digests)."""
+    file = folder / name
+    if not record:
+        return None
+    if not file.exists():
+        return f"{name} is missing"
+    if file.stat().st_size != record["size"]:
+        return f"{name} is damaged ({file.stat().st_size} bytes, {record['size']} when saved)"
+    expected = record.get("digest") or record.get("sha256")
+    if expected and sha256_of(file) != expected:
+        return f"{name} is damaged (its bytes differ from those written)"
     return None
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import LOCK_TIMEOUT
-from ..errors import IndexBusyError
+from ..errors import IndexBusyError, IndexWriteError
 
 LOCK_FILE = "write.lock"
 _POLL = 0.1
@@ -34,7 +34,7 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         deadline, told = time.monotonic() + self.timeout, False
         while True:
             try:
@@ -53,15 +53,39 @@ class WriterLock:
                     self.on_wait(f"waiting for {holder} to finish writing {self.path.parent}")
                     told = True
                 time.sleep(_POLL)
-        who = {"pid": os.getpid(), "purpose": self.purpose, "command": " ".join(sys.argv[:3]),
-               "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(who).encode(), 0)
+        who = {
+            "pid": os.getpid(),
+            "purpose": self.purpose,
+            "command": " ".join(sys.argv[:3]),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(who).encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only its holder goes unnamed
         self._fd = fd
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise IndexWriteError(
+                f"{self.path} is a directory, not the writer lock file: remove it "
+                f"(`rmdir {self.path}`) and run the command again"
+            ) from None
+        except OSError as error:
+            raise IndexWriteError(
+                f"cannot take the writer lock of {self.path.parent} ({error.strerror}): writing "
+                "an index needs write access to its directory; reading it does not"
+            ) from error
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -99,7 +99,25 @@ def m004_counts(db) -> None:
         db.conn.execute(trigger)
 
 
-MIGRATIONS = [m001_base, m002_change_tracking, m003_file_state_and_unique_errors, m004_counts]
+def m005_checksums(db) -> None:
+    """A CRC-32 per vector blob and per item row, written with them: a vector damaged on disk
+    is found when it is read (for a rebuild, a re-ranking) and by `verify`, never indexed.
+    Rows written before stay NULL (unchecked) until they are written again."""
+    db.executescript(
+        """
+        ALTER TABLE vectors ADD COLUMN checksum INTEGER;
+        ALTER TABLE items ADD COLUMN checksum INTEGER
+        """
+    )
+
+
+MIGRATIONS = [
+    m001_base,
+    m002_change_tracking,
+    m003_file_state_and_unique_errors,
+    m004_counts,
+    m005_checksums,
+]
 
 
 def migrate(conn, upto: str | None = None) -> list[str]:
@@ -145,21 +163,20 @@ class transaction:
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *exc):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
+            self.conn.execute("ROLLBACK")
         return False
 
 
-def pending_migrations(path) -> list[str]:
-    """The migrations a catalog file still needs (all of them for a new file), read without
-    writing anything: opening a catalog that needs none takes no writer lock."""
+def pending_migrations(conn) -> list[str]:
+    """The migrations a catalog still needs (all of them for a new file), read through any
+    connection, a read-only one included: opening a catalog that needs none writes nothing."""
     import sqlite3
 
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-        finally:
-            conn.close()
+        done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
     except sqlite3.Error:
         done = set()
     return [m.__name__ for m in MIGRATIONS if m.__name__ not in done]

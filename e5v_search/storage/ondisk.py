@@ -76,7 +76,17 @@ def plan(counts: dict[str, int], dim: int, budget: int, growth: int = 1) -> dict
     rest = {m: n for m, n in counts.items() if m not in choices}
     total = sum(rest.values())
     for modality, n in rest.items():
-        choices[modality] = choose(n, dim, int(left * n / total), growth)
+        share = max(int(left * n / total), 0)
+        try:
+            choices[modality] = choose(n, dim, share, growth)
+        except InputError as error:
+            exact = (
+                f", {_gib(budget - left)} of it for the small exact ones" if left < budget else ""
+            )
+            raise InputError(
+                f"a budget of {_gib(budget)} is too little: it leaves {_gib(share)} for the "
+                f"{n:,} {modality} vectors{exact} ({error})"
+            ) from error
     return choices
 
 
@@ -94,7 +104,9 @@ def _nlist(n: int) -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 / 10 else f"{n / 2**10:.0f} KiB"
 
 
 def build(trained, chunks, folder: Path, stem: str) -> np.ndarray:

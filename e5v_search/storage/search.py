@@ -44,7 +44,7 @@ def _search(index: Searchable, catalog, queries, k, where, params, among):
         except RuntimeError:
             pass  # this type has no id-selector search: score the candidates directly
     chunks = (
-        (candidates[i : i + _READ_CHUNK], catalog.vectors(candidates[i : i + _READ_CHUNK]))
+        catalog.readable_vectors(candidates[i : i + _READ_CHUNK])  # damaged rows left out
         for i in range(0, len(candidates), _READ_CHUNK)
     )
     return fx.exact_search(queries, chunks, k)
@@ -53,12 +53,11 @@ def _search(index: Searchable, catalog, queries, k, where, params, among):
 def _rescore(catalog, queries, candidates: np.ndarray, k: int):
     """Exact scores of each query's candidates from the stored vectors: the top-k order of
     exact search among them, whatever the index compressed away."""
-    unique = np.unique(candidates[candidates >= 0])
-    vectors = catalog.vectors(unique) if len(unique) else np.empty((0, queries.shape[1]))
-    position = {int(i): n for n, i in enumerate(unique)}
+    unique, vectors = catalog.readable_vectors(np.unique(candidates[candidates >= 0]))
+    position = {int(i): n for n, i in enumerate(unique)}  # a damaged row is not among them
     scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
     for row, ids in enumerate(candidates):
-        keep = ids >= 0
+        keep = np.array([int(i) in position for i in ids], dtype=bool)
         rows = [position[int(i)] for i in ids[keep]]
         scores[row, keep] = vectors[rows] @ queries[row] if rows else []
     return fx.top_k(scores, candidates, k)

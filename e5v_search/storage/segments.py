@@ -28,6 +28,7 @@ and time stay bounded however large the collection grows.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -37,9 +38,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..errors import IndexDamagedError
 from ..files import write_bytes
 from . import faiss_ops as fx
 from . import ondisk
+from .integrity import digest_damage
 
 SEAL_BYTES = 64 * 2**20
 MERGE_MAX_BYTES = 256 * 2**20
@@ -73,6 +76,8 @@ class Segments:
         self.sealed = sealed
         self.delta = delta
         self.ondisk = ondisk
+        self.delta_name = "the delta in memory"  # the file it was read from, once it is
+        self.score_bound = 1.01  # see score_bound(); the Store sets it from the type
 
     @classmethod
     def new(cls, template, ondisk: bool = False) -> Segments:
@@ -102,8 +107,16 @@ class Segments:
         return True
 
     def search_among(self, queries, k: int, among=None):
-        parts = [_search_segment(s, queries, k, among) for s in self.sealed]
+        """Each segment and the delta searched, their answers checked (a score no index of
+        unit vectors gives, or an id the segment does not hold, is damage: IndexDamagedError
+        naming the file, before anything is served), merged by score."""
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        parts = []
+        for segment in self.sealed:
+            parts.append(_search_segment(segment, queries, k, among))
+            self._check(parts[-1], norms, segment)
         parts.append(fx.search(self.delta, queries, k, among=among))
+        self._check(parts[-1], norms, None)
         if len(parts) == 1:
             return parts[0]
         scores = np.concatenate([p[0] for p in parts], axis=1)
@@ -111,6 +124,29 @@ class Segments:
 
     def search(self, queries, k: int, params=None):
         return self.search_among(queries, k)
+
+    def _check(self, part, norms, segment: Segment | None) -> None:
+        scores, ids = part
+        found = ids >= 0
+        bound = self.score_bound * norms + 1e-6
+        bad = found & ~(np.abs(np.nan_to_num(scores, nan=np.inf)) <= bound)
+        if segment is not None and found.any() and not bad.any():
+            held = _holds(segment.ids, ids[found])
+            if not held.all():
+                missing = ids[found][~held][0]
+                raise IndexDamagedError(
+                    f"{self._file_of(segment)} is damaged: a search returned id {missing}, "
+                    "which it does not hold"
+                )
+        if bad.any():
+            where = self._file_of(segment) if segment is not None else self.delta_name
+            raise IndexDamagedError(
+                f"{where} is damaged: a search scored {scores[bad][0]:.4g} on unit vectors "
+                f"(at most {self.score_bound:g} times the query's length is possible)"
+            )
+
+    def _file_of(self, segment: Segment) -> str:
+        return f"{segment.name}.ivfdata" if self.ondisk else f"{segment.name}.faiss"
 
     def ids(self) -> np.ndarray:
         live = [np.setdiff1d(s.ids, s.masked, assume_unique=True) for s in self.sealed]
@@ -122,10 +158,12 @@ class Segments:
 
     # -- saving: seal, merge, write ------------------------------------------------------------
 
-    def save(self, folder: Path, new_name) -> dict:
+    def save(self, folder: Path, new_name, records: dict | None = None) -> dict:
         """Seal and merge as the module says, write what is not written yet (the template, new
         segments, ids of segments loaded from an older layout), then the delta and the masks
-        under new names. `new_name(kind)` gives a fresh file stem. Returns the manifest entry's
+        under new names. `new_name(kind)` gives a fresh file stem; `records` (the manifest's
+        file records) let a merge check every byte of the segments it reads first, so damage
+        is never copied into a new segment with a fresh checksum. Returns the manifest entry's
         part that names the files."""
         if self.template_name is None:
             self.template_name = new_name("t")
@@ -141,6 +179,8 @@ class Segments:
             self.delta = emptied(self.template)
             failpoint("sealed")
         while chosen := self._to_merge():
+            for segment in chosen:
+                _check_whole(folder, segment, self.ondisk, records or {})
             merged = self._merged(chosen)
             written = self._write(folder, new_name("s"), merged) if merged.ntotal else None
             self._replace(chosen, written)
@@ -155,6 +195,7 @@ class Segments:
         masks = new_name("m") + ".npz"
         arrays = {s.name: np.asarray(s.masked, dtype=np.int64) for s in self.sealed}
         write_bytes(folder / masks, lambda f: np.savez(f, **arrays))
+        self.delta_name = delta
         return {
             "template": f"{self.template_name}.faiss",
             "segments": [s.name for s in self.sealed],
@@ -163,14 +204,7 @@ class Segments:
         }
 
     def _vector_bytes(self) -> int:
-        ivf = fx._ivf(self.template)
-        if ivf is not None:
-            return int(ivf.code_size) + 8
-        inner = faiss.downcast_index(getattr(self.template, "index", self.template))
-        try:
-            return int(inner.sa_code_size()) + 24
-        except RuntimeError:  # HNSW: its vectors plus its graph
-            return 4 * int(self.template.d) + 24 + 256
+        return vector_bytes(self.template)
 
     def _to_merge(self) -> list[Segment]:
         if fx._hnsw(self.template) is not None:
@@ -223,6 +257,26 @@ class Segments:
             self.sealed.insert(at, new)
 
 
+def vector_bytes(template) -> int:
+    """What one vector takes in an index of this trained structure (code, id, overhead)."""
+    ivf = fx._ivf(template)
+    if ivf is not None:
+        return int(ivf.code_size) + 8
+    inner = faiss.downcast_index(getattr(template, "index", template))
+    try:
+        return int(inner.sa_code_size()) + 24
+    except RuntimeError:  # HNSW: its vectors plus its graph
+        return 4 * int(template.d) + 24 + 256
+
+
+def score_bound(factory: str) -> float:
+    """The largest |score| / |query| a whole index of unit vectors can give: exactly stored
+    vectors (Flat, HNSW, IVF-Flat, SQfp16) 1 + 1e-2 (float16 rounding, sums); compressed codes
+    (SQ8, SQ4, PQ) 1.5, a wide margin over the 1.05 measured on SQ4 and PQ8 at 64-d. Anything
+    above, or not finite, is damage (a flipped exponent bit gives 1e23), never a result."""
+    return 1.5 if re.search(r"PQ\d|SQ[468]|RQ|LSQ", factory) else 1.01
+
+
 def open_segment(folder: Path, name: str, ondisk: bool, masked: np.ndarray) -> Segment:
     file = str(folder / f"{name}.faiss")
     if ondisk:
@@ -240,6 +294,11 @@ def load(folder: Path, entry: dict) -> Segments:
     if "segments" not in entry:
         return _load_older(folder, entry)
     ondisk = bool(entry.get("ondisk"))
+    records = entry.get("files") or {}
+    for name in (entry["template"], entry["delta"], entry["masks"]):  # read whole: checked whole
+        damage = digest_damage(folder, name, records.get(name))
+        if damage:
+            raise ValueError(damage)
     template = fx.load(folder / entry["template"])
     with np.load(folder / entry["masks"]) as masks:
         sealed = [
@@ -254,6 +313,7 @@ def load(folder: Path, entry: dict) -> Segments:
         delta = fx.load(folder / entry["delta"])
     name = entry["template"].removesuffix(".faiss")
     segments = Segments(template, sealed, delta, ondisk, template_name=name)
+    segments.delta_name = entry["delta"]
     settings = entry.get("search") or {}
     segments.set_search(settings.get("nprobe"), settings.get("ef_search"))
     return segments
@@ -309,6 +369,14 @@ def failpoint(name: str) -> None:
     if os.environ.get(FAILPOINT) == name:
         print(f"failpoint {name}", file=sys.stderr, flush=True)
         time.sleep(3600)
+
+
+def _check_whole(folder: Path, segment: Segment, ondisk: bool, records: dict) -> None:
+    names = [f"{segment.name}.faiss", f"{segment.name}.ids.npy"]
+    for name in names + ([f"{segment.name}.ivfdata"] if ondisk else []):
+        damage = digest_damage(folder, name, records.get(name))
+        if damage:
+            raise IndexDamagedError(f"{damage}: not merged")
 
 
 def _holds(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

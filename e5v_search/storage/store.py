@@ -24,7 +24,10 @@ takes the lock itself when the caller has not.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -36,11 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexBuildError, IndexDamagedError, IndexNotFoundError, InputError
-from ..files import write_json
+from ..config import index_memory
+from ..errors import (
+    IndexBuildError,
+    IndexDamagedError,
+    IndexNotFoundError,
+    IndexWriteError,
+    InputError,
+)
 from ..spec import Spec
+from . import commits, ondisk, segments
 from . import faiss_ops as fx
-from . import ondisk, segments
 from .catalog import MODALITIES, Catalog, as_stored, now
 from .integrity import (
     catalog_damage,
@@ -48,6 +57,7 @@ from .integrity import (
     damage_of,
     file_records,
     read_manifest,
+    write_manifest,
 )
 from .locking import WriterLock
 from .migrations import pending_migrations
@@ -56,7 +66,6 @@ from .search import Searchable, search_modality
 log = logging.getLogger(__name__)
 
 CATALOG = "catalog.sqlite"
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 DEFAULT_FACTORY = "Flat"
 _READ_CHUNK = 20000
@@ -84,11 +93,16 @@ class Store:
         self._writing = 0  # depth of nested writing() blocks
         self._state = threading.RLock()  # searches vs a refresh, in a threaded server
         self.damaged: dict[str, str] = {}  # modality -> what is wrong and what fixes it
+        self.lost: dict | None = None  # commits the catalog lost, found now (commits.py)
+        self.manifest_problem: str | None = None
+        self.acknowledged: list[dict] = []  # losses a rebuild acknowledged (said once)
+        self._need = 0  # bytes the write in progress needs (a full disk's message)
 
     @classmethod
     def open(cls, path: str | Path, create: bool = False, lock_timeout=None, on_wait=None):
-        """Open an index directory for reading (nothing is written; see `writing()`), or with
-        `create` make it. Creating it or migrating its catalog takes the writer lock."""
+        """Open an index directory for reading (nothing is written, not even a lock file, so
+        read-only media work; see `writing()`), or with `create` make it. Creating it or
+        migrating its catalog takes the writer lock."""
         path = Path(path)
         exists = (path / CATALOG).exists()
         if not exists and not create:
@@ -96,28 +110,43 @@ class Store:
                 f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
                 f"{path}` (or Store.open(path, create=True))"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        if exists:
-            try:
-                check_catalog_file(path / CATALOG)
-            except IndexDamagedError:
-                # Another process may be creating it (SQLite has not written its first page
-                # yet): the creator holds the writer lock, so look again once we have it.
-                with WriterLock(path, "open", lock_timeout, on_wait):
-                    check_catalog_file(path / CATALOG)
         try:
-            if exists and not pending_migrations(path / CATALOG):
-                catalog = Catalog(path / CATALOG)
-            else:
-                with WriterLock(path, "creation" if not exists else "migration", lock_timeout,
-                                on_wait):  # fmt: skip
-                    catalog = Catalog(path / CATALOG)
-            store = cls(path, catalog, read_manifest(path / MANIFEST))
+            catalog = cls._open_catalog(path, exists, lock_timeout, on_wait)
+            store = cls(path, catalog, {})
             store.lock_timeout, store.on_wait = lock_timeout, on_wait
+            store._read_manifest()
             store._load()
         except sqlite3.DatabaseError as error:
             raise IndexDamagedError(catalog_damage(path / CATALOG, error)) from error
         return store
+
+    @staticmethod
+    def _open_catalog(path: Path, exists: bool, lock_timeout, on_wait) -> Catalog:
+        if exists:
+            try:
+                check_catalog_file(path / CATALOG)
+            except IndexDamagedError:
+                if not os.access(path, os.W_OK):
+                    raise
+                # Another process may be creating it (SQLite has not written its first page
+                # yet): the creator holds the writer lock, so look again once we have it.
+                with WriterLock(path, "open", lock_timeout, on_wait):
+                    check_catalog_file(path / CATALOG)
+            catalog = Catalog(path / CATALOG, writable=False)
+            pending = pending_migrations(catalog.conn)
+            if not pending:
+                return catalog
+            catalog.close()
+            if not os.access(path, os.W_OK):
+                raise IndexWriteError(
+                    f"{path}'s catalog was made by an earlier version and needs migrating "
+                    f"({', '.join(pending)}), which writes it: open it once where {path} can "
+                    "be written"
+                )
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+        with WriterLock(path, "migration" if exists else "creation", lock_timeout, on_wait):
+            return Catalog(path / CATALOG)
 
     def close(self) -> None:
         self.catalog.close()
@@ -143,7 +172,8 @@ class Store:
     def writing(self, purpose: str = "write"):
         """Hold the writer lock for the block (nested blocks share it). On entry the indexes
         catch up with every committed change; on success the changed files are saved. On an
-        error nothing is saved: the next writer catches up from the catalog."""
+        error nothing is saved: the next writer catches up from the catalog. A full disk or
+        read-only media end the block with one IndexWriteError saying what was kept."""
         if self._writing:
             self._writing += 1
             try:
@@ -154,27 +184,75 @@ class Store:
         with WriterLock(self.path, purpose, self.lock_timeout, self.on_wait):
             self._writing = 1
             try:
-                self.refresh()
-                self.catalog.never_reuse_below(self.manifest.get("next_id", 1))
-                self._remove_leftovers()
-                if self.damaged and purpose != "rebuild":
-                    raise IndexDamagedError("; ".join(self.damaged.values()))
-                yield self
-                self._save()
+                with self._write_errors():
+                    self.catalog.make_writable()
+                    self.refresh()
+                    self._take_over(purpose)
+                    yield self
+                    self._save()
             finally:
-                self._writing = 0
+                self._writing, self._need = 0, 0
+
+    def _take_over(self, purpose: str) -> None:
+        """What a writer owes before it writes: a loss found is recorded (ids and counters
+        continue above what was given), ids the files remember are never given again, a
+        killed writer's leftovers go, and changes it did not save are said once."""
+        if self.lost:
+            self.catalog.record_loss(self.lost, self.lost["seq"][1], self.lost["ids"][1] + 1)
+            self.covered, self.lost = self.catalog.seq, None
+        self.catalog.never_reuse_below(
+            max(self.manifest.get("next_id", 1), commits.recalled(self.path).get("next_id", 1))
+        )
+        self._remove_leftovers()
+        behind = self.catalog.seq - (self.manifest.get("covered_seq") or self.catalog.seq)
+        if behind > 0:
+            self.repairs.append(
+                f"the index files missed {behind} change(s) of a writer that stopped before "
+                "saving them (killed?): caught up from the catalog and saved now"
+            )
+        if self.damaged and purpose not in ("rebuild", "repair"):
+            raise IndexDamagedError("; ".join(self.damaged.values()))
+
+    @contextmanager
+    def _write_errors(self):
+        try:
+            yield
+        except (sqlite3.OperationalError, OSError, RuntimeError) as error:
+            problem = write_problem(error)
+            if problem is None and "disk i/o error" in str(error).lower():
+                # SQLite says no more than this when it cannot grow its -shm or -wal file.
+                problem = "full" if shutil.disk_usage(self.path).free < 2**20 else None
+            named = getattr(error, "filename", None)
+            if problem is None or (named and self.path.resolve() not in Path(named).parents):
+                raise  # not this directory's (a source file the caller reads, say)
+            raise IndexWriteError(self._write_message(problem, error)) from error
+
+    def _write_message(self, problem: str, error) -> str:
+        kept = (
+            f"Nothing committed was lost: the catalog holds {self.catalog.count() or 0} items "
+            "and the index files their last save (the next write catches up)"
+        )
+        if problem == "read-only":
+            return f"{self.path} cannot be written ({error}); reading it still works. {kept}."
+        free = shutil.disk_usage(self.path).free
+        need = f"; this write needed about {_size(self._need)} more" if self._need else ""
+        return (
+            f"{self.path}: its disk is full ({_size(free)} free{need}). {kept}. Free some "
+            "space and run the command again: it continues where this one stopped."
+        )
 
     def refresh(self) -> bool:
         """Bring the in-memory indexes up to what is committed now: files another process saved
         are loaded, changes committed since are applied (in memory). True when anything
         changed. Cheap when nothing did: one small file read and one query."""
         with self._state:
-            manifest = read_manifest(self.path / MANIFEST)
+            manifest, _ = read_manifest(self.path)
             if manifest.get("save_id") != self.manifest.get("save_id"):
-                self.manifest, self.indexes, self._gpu = manifest, {}, {}
+                self.indexes, self._gpu = {}, {}
                 self._dirty.clear()
                 self.damaged.clear()
                 self.repairs = []  # what the new files need, not what the old ones did
+                self._read_manifest()
                 self._load()
                 return True
             seq = self.catalog.seq
@@ -182,93 +260,124 @@ class Store:
                 return False
             for modality in MODALITIES:
                 if modality in self.indexes:
-                    self._catch_up(modality, self.covered, repair=False)
-                elif self.catalog.count(modality):
-                    self._rebuild(modality, self._factory_of(modality))
+                    self._catch_up(modality, self.covered)
+                elif self.catalog.count(modality) and modality not in self.damaged:
+                    self._rebuild_in_memory(modality, "new items")
             self.covered = seq
             return True
 
     # -- keeping the files in step with the catalog ------------------------------------------
 
+    def _read_manifest(self) -> None:
+        """The manifest (or its backup copy); when both are gone, the shape the catalog kept
+        (type, on disk, re-ranking, budget), so a damaged manifest never changes the type."""
+        self.manifest, self.manifest_problem = read_manifest(self.path)
+        if self.manifest_problem:
+            self.repairs.append(self.manifest_problem)
+        if not self.manifest and (self.manifest_problem or self.catalog.count()):
+            shape = self.catalog.shape()
+            self.manifest = {k: v for k, v in shape.items() if k != "indexes"}
+            self.manifest["indexes"] = {m: dict(e) for m, e in shape.get("indexes", {}).items()}
+
     def _load(self) -> None:
         """Load the index files the manifest names and catch up, in memory, with the catalog;
-        a file that is missing, unreadable or miscounted is rebuilt from the stored vectors.
-        Each repair is listed in `repairs` and is written by the next writer's save."""
+        a file that is missing, unreadable or miscounted is rebuilt from the stored vectors
+        when that fits in memory (never an on-disk index: it is named DAMAGED instead). Each
+        repair is listed in `repairs` and is written by the next writer's save."""
         seq = self.catalog.seq
         covered = self.manifest.get("covered_seq")
+        self.lost = commits.loss(self.catalog.state(), [commits.recalled(self.path), self.manifest])
         if covered is not None and covered > seq:
-            # The files are newer than the catalog: it lost its last writes. Not their fault.
-            self.repairs.append(
-                f"{CATALOG} is older than the index files (its change counter is {seq}, the "
-                f"files cover {covered}): its last writes were lost (a lost {CATALOG}-wal file, "
-                "a restored backup?). The index files are rebuilt from it; ids given before are "
-                "never given again"
-            )
+            # The files hold commits the catalog lost: rebuilt from what it has.
             for modality in MODALITIES:
-                if self.catalog.count(modality):
-                    self._rebuild(modality, self._factory_of(modality))
+                if self.catalog.count(modality) or modality in self.manifest.get("indexes", {}):
+                    self._rebuild_in_memory(modality, "they hold commits the catalog lost")
             self.covered = seq
             return
         for modality in MODALITIES:
-            entry = self.manifest.get("indexes", {}).get(modality)
-            stored = self.catalog.count(modality)
-            entry_file = (entry or {}).get("template") or (entry or {}).get("file")
-            file = self.path / (entry_file or f"{modality}.faiss")
-            if entry is None or not file.exists():
-                if self._manifest_moved():
-                    return self._load()
-                if stored:
-                    why = "not in the manifest" if entry is None else "missing"
-                    self._rebuild(modality, self._factory_of(modality), f"{file.name} {why}")
-                continue
-            damage = damage_of(self.path, entry)
-            if damage and self._manifest_moved():
-                return self._load()  # a writer replaced the files as we read the manifest
-            if damage and entry.get("ondisk"):
-                # Never mapped: a truncated .ivfdata would kill a search with SIGBUS.
-                self.damaged[modality] = (
-                    f"{damage}: the {modality} index cannot be searched; `e5v-search rebuild "
-                    f"--index {self.path} --max-memory SIZE` rebuilds it from the catalog"
-                )
-                continue
-            try:
-                if damage:
-                    raise ValueError(damage)
-                self.indexes[modality] = segments.load(self.path, entry)  # mapped: O(1)
-            except (RuntimeError, OSError, KeyError, ValueError) as error:
-                if self._manifest_moved():
-                    return self._load()
-                self._rebuild(modality, self._factory_of(modality), f"unreadable ({error})")
-                continue
-            if covered is None:
-                self._rebuild(
-                    modality, self._factory_of(modality), "manifest has no change counter"
-                )
-            elif covered < seq:
-                self._catch_up(modality, covered)
-            held = self.indexes[modality].ntotal
-            stored = self.catalog.count(modality)  # again: the catch-up read newer commits
-            if held != stored:
-                why = f"its files hold {held} vectors, the catalog {stored}"
-                self._rebuild(modality, self._factory_of(modality), why)
+            if self._load_one(modality, covered, seq) == "moved":
+                return self._load()
         self.covered = seq
         for line in self.repairs:
             log.warning("%s: %s", self.path, line)
 
+    def _load_one(self, modality: str, covered, seq) -> str | None:
+        entry = self.manifest.get("indexes", {}).get(modality)
+        stored = self.catalog.count(modality)
+        entry_file = (entry or {}).get("template") or (entry or {}).get("file")
+        file = self.path / (entry_file or f"{modality}.faiss")
+        if entry is None or not file.exists():
+            if self._manifest_moved():
+                return "moved"
+            if stored:
+                why = "not in the manifest" if entry is None else f"{file.name} missing"
+                self._rebuild_in_memory(modality, why)
+            return None
+        damage = damage_of(self.path, entry)
+        if damage and self._manifest_moved():
+            return "moved"  # a writer replaced the files as we read the manifest
+        try:
+            if damage:
+                raise ValueError(damage)
+            self.indexes[modality] = segments.load(self.path, entry)  # mapped: O(1)
+        except (RuntimeError, OSError, KeyError, ValueError) as error:
+            if self._manifest_moved():
+                return "moved"
+            self._rebuild_in_memory(modality, str(error) if damage else f"unreadable ({error})")
+            return None
+        self.indexes[modality].score_bound = segments.score_bound(self._factory_of(modality))
+        if covered is None:
+            self._rebuild_in_memory(modality, "the manifest has no change counter")
+        elif covered < seq:
+            self._catch_up(modality, covered)  # an ingest running, or one that stopped
+        entry = self.manifest.get("indexes", {}).get(modality, {})
+        held = self.indexes[modality].ntotal if modality in self.indexes else stored
+        held += len(entry.get("skipped", []))  # damaged rows, known and not indexed
+        stored = self.catalog.count(modality)  # again: the catch-up read newer commits
+        if held != stored:
+            why = f"its files hold {held} vectors, the catalog {stored}"
+            self._rebuild_in_memory(modality, why)
+        return None
+
+    def _rebuild_in_memory(self, modality: str, reason: str) -> None:
+        """A repair on open: the index rebuilt from the stored vectors, in memory, when it is
+        an in-memory type that fits the memory budget. An on-disk index, or one too large, is
+        named DAMAGED with the command that rebuilds it: a reader must not need 150 GB."""
+        entry = self.manifest.get("indexes", {}).get(modality, {})
+        factory = self._factory_of(modality)
+        on_disk = entry.get("ondisk") or any(self.path.glob(f"{modality}.*.ivfdata"))
+        size = _memory_of(factory, self.catalog.count(modality), self.catalog.dim or 0)
+        budget = self.manifest.get("max_memory") or index_memory()
+        if on_disk or size > budget:
+            where = "on disk" if on_disk else f"{_size(size)} in memory, over {_size(budget)}"
+            self.indexes.pop(modality, None)
+            self.damaged[modality] = (
+                f"the {modality} index ({factory}, {where}) cannot be used: {reason}. "
+                f"`e5v-search rebuild --index {self.path}` rebuilds it from the catalog, "
+                "its type kept"
+            )
+            return
+        self._rebuild(modality, factory, reason)
+
     def _manifest_moved(self) -> bool:
         """True, with the new manifest taken and the half-loaded state dropped, when a writer
         saved since this store read the manifest (the files it named may be gone)."""
-        manifest = read_manifest(self.path / MANIFEST)
+        manifest, _ = read_manifest(self.path)
         if manifest.get("save_id") == self.manifest.get("save_id"):
             return False
-        self.manifest, self.indexes, self._gpu, self.repairs = manifest, {}, {}, []
+        self.indexes, self._gpu, self.repairs = {}, {}, []
         self.damaged.clear()
+        self._read_manifest()
         return True
 
-    def _catch_up(self, modality: str, covered: int, repair: bool = True) -> None:
+    def _catch_up(self, modality: str, covered: int) -> None:
+        """Apply, in memory, the changes committed after `covered`: what a reader does while an
+        ingest runs (not a repair: a writer saves them; see `_take_over`)."""
         gone = self.catalog.deleted_since(covered)[modality]
         changed = [chunk for chunk in self.catalog.iter_vectors(modality, since_seq=covered)]
         changed_ids = np.concatenate([c[0] for c in changed]) if changed else np.empty(0, np.int64)
+        written = self.catalog.ids(modality, where="seq > ?", params=(covered,))
+        self._note_skipped(modality, [*changed_ids, *gone], np.setdiff1d(written, changed_ids))
         if not len(changed_ids) and not len(gone):
             return  # the changes it missed were all in the other modality
         index = self.indexes[modality]
@@ -279,11 +388,17 @@ class Store:
         for ids, vectors in changed:
             fx.add(index, ids, vectors)
         self._changed(modality)
-        if repair:
-            self.repairs.append(
-                f"{modality} index missed changes (a crash before the index was saved?): "
-                f"added {len(changed_ids)}, removed {len(gone)}"
-            )
+
+    def _note_skipped(self, modality: str, resolved, skipped=()) -> None:
+        """Keep the entry's list of damaged rows left out of the index: `resolved` ids were
+        written again or deleted, `skipped` ones were just left out."""
+        entry = self.manifest.setdefault("indexes", {}).setdefault(modality, {})
+        now = set(entry.get("skipped", [])) - {int(i) for i in resolved}
+        now |= {int(i) for i in skipped}
+        if now:
+            entry["skipped"] = sorted(now)
+        else:
+            entry.pop("skipped", None)
 
     def _rebuild(
         self, modality: str, factory: str, reason: str | None = None, on_disk: bool = False
@@ -301,7 +416,7 @@ class Store:
             sample = self.catalog.sample_ids(modality, size)
             began = time.perf_counter()
             try:
-                fx.train(index, self.catalog.vectors(sample), factory)
+                fx.train(index, self.catalog.readable_vectors(sample)[1], factory)
             except IndexBuildError:
                 if reason is None:
                     raise
@@ -319,6 +434,7 @@ class Store:
         template = segments.emptied(index)
         if on_disk and fx._ivf(index) is not None:
             name = self._new_name(modality, "s")
+            self._need = 2 * segments.vector_bytes(template) * count  # shards, then lists
             segments.write_ids(
                 self.path / f"{name}.ids.npy", ondisk.build(index, chunks, self.path, name)
             )
@@ -328,9 +444,14 @@ class Store:
             for ids, vectors in chunks:
                 fx.add(index, ids, vectors)
             built = segments.Segment("", index, np.sort(fx.ids_of(index)), written=False)
+        # Rows whose vectors are damaged were not indexed: remembered, so the count is known.
+        skipped = np.setdiff1d(self.catalog.ids(modality), built.ids)
+        if len(skipped):
+            entry["skipped"] = skipped.tolist()
         self.indexes[modality] = segments.Segments(
             template, [built] if built.live else [], segments.emptied(template), bool(on_disk)
         )
+        self.indexes[modality].score_bound = segments.score_bound(factory)
         self.damaged.pop(modality, None)
         self._dirty.add(modality)
         self.manifest.setdefault("indexes", {})[modality] = entry
@@ -339,7 +460,8 @@ class Store:
         return {
             "modality": modality,
             "factory": factory,
-            "vectors": count,
+            "vectors": count - len(skipped),
+            "skipped": skipped.tolist(),
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
         }
@@ -359,8 +481,9 @@ class Store:
             entry = entries.setdefault(modality, {"factory": self.factory})
             for older in ("file", "base_max_id"):  # an entry written before segments
                 entry.pop(older, None)
+            self._need = max(self._need, segments.SEAL_BYTES)
             names = self.indexes[modality].save(
-                self.path, lambda kind, m=modality: self._new_name(m, kind)
+                self.path, lambda kind, m=modality: self._new_name(m, kind), entry.get("files")
             )
             entry.update(names)
         for modality, index in self.indexes.items():
@@ -375,12 +498,31 @@ class Store:
                 entry["files"] = {p.name: kept.get(p.name) or new[p.name] for p in files}
         seq = self.covered
         next_id = max(self.catalog.next_id, self.manifest.get("next_id", 1))
-        self.manifest.update(format=MANIFEST_FORMAT, factory=self.factory, covered_seq=seq,
-                             next_id=next_id, saved_at=now(), save_id=uuid.uuid4().hex)  # fmt: skip
-        write_json(self.path / MANIFEST, self.manifest)
+        self.manifest.update(
+            format=MANIFEST_FORMAT,
+            factory=self.factory,
+            covered_seq=seq,
+            next_id=next_id,
+            saved_at=now(),
+            save_id=uuid.uuid4().hex,
+        )
+        write_manifest(self.path, self.manifest)
+        self.catalog.set_shape(self._shape())
         self.catalog.prune_deleted(seq)
         self._dirty.clear()
         self._remove_unused_files()
+
+    def _shape(self) -> dict:
+        """What the catalog keeps of the manifest: enough to rebuild each index as it was."""
+        kept = ("factory", "ondisk", "rerank", "chosen_by", "search", "reason")
+        return {
+            "factory": self.factory,
+            "max_memory": self.manifest.get("max_memory"),
+            "indexes": {
+                m: {k: e[k] for k in kept if k in e}
+                for m, e in self.manifest.get("indexes", {}).items()
+            },
+        }
 
     def _new_name(self, modality: str, kind: str) -> str:
         """A file stem no manifest has named: numbers only grow, so a reader's files are never
@@ -416,6 +558,7 @@ class Store:
             ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
             vectors = as_stored(vectors, spec)
             modalities = np.array([item["modality"] for item in items])
+            self._need = vectors.nbytes
             for modality in MODALITIES:
                 mask = modalities == modality
                 if mask.any():
@@ -440,6 +583,8 @@ class Store:
                 m: np.array([r["id"] for r in known if r["modality"] == m]) for m in MODALITIES
             }
             for modality, gone in by_modality.items():
+                if len(gone):
+                    self._note_skipped(modality, gone)
                 if len(gone) and modality in self.indexes:
                     if not fx.remove(self.indexes[modality], gone.astype(np.int64)):
                         self._rebuild(modality, self._factory_of(modality))
@@ -457,6 +602,8 @@ class Store:
         rows = {r["id"]: r["modality"] for r in self.catalog.get(ids)}
         for modality in MODALITIES:
             mask = np.array([rows.get(int(i)) == modality for i in ids])
+            if mask.any():
+                self._note_skipped(modality, ids[mask])
             if mask.any() and modality in self.indexes:
                 if not fx.remove(self.indexes[modality], ids[mask]):
                     self._rebuild(modality, self._factory_of(modality))
@@ -511,7 +658,16 @@ class Store:
                 raise IndexDamagedError(self.damaged[mod])
             if mod in self.indexes:
                 with self._state:
-                    found.append((*self._search_one(mod, queries, k, where, params, among), mod))
+                    try:
+                        found.append(
+                            (*self._search_one(mod, queries, k, where, params, among), mod)
+                        )
+                    except IndexDamagedError as error:
+                        self.damaged[mod] = (
+                            f"{error}. `e5v-search rebuild --index {self.path}` rebuilds the "
+                            f"{mod} index from the catalog; `e5v-search verify` checks every file"
+                        )
+                        raise IndexDamagedError(self.damaged[mod]) from error
         if not found:
             return [[] for _ in queries]
         scores, ids = fx.top_k(
@@ -565,7 +721,10 @@ class Store:
             chosen, on_disk, note = factory, False, None
             current = self.manifest.get("indexes", {}).get(modality, {})
             if keep:
-                chosen, on_disk = current.get("factory", self.factory), bool(current.get("ondisk"))
+                chosen = current.get("factory", self.factory)
+                on_disk = bool(
+                    current.get("ondisk") or any(self.path.glob(f"{modality}.*.ivfdata"))
+                )
                 rerank = current.get("rerank") if rerank is None else rerank
             if modality in choices:
                 choice = choices[modality]
@@ -586,6 +745,11 @@ class Store:
             self.manifest["indexes"][modality]["chosen_by"] = chosen_by
             if note:
                 entry["note"] = note
+            if entry["skipped"]:
+                left_out = (
+                    f"{len(entry['skipped'])} damaged rows left out (ids {entry['skipped'][:5]})"
+                )
+                entry["note"] = f"{note}; {left_out}" if note else left_out
             stats.append(entry)
         if failures and not stats:
             raise failures[0][3]
@@ -602,6 +766,7 @@ class Store:
             self.manifest["factory"] = factory
         if max_memory:  # later ingests keep to it (policy.py)
             self.manifest["max_memory"] = int(max_memory)
+        self.acknowledged += self.catalog.acknowledge_loss()  # a rebuild says what was lost
         self.save()
         for entry in stats:
             files = segments.files_of(self.path, self.manifest["indexes"][entry["modality"]])
@@ -639,7 +804,7 @@ class Store:
             query_ids = self.catalog.sample_ids(query_modality, sample, seed)
             if not len(query_ids):
                 continue
-            queries = self.catalog.vectors(query_ids)
+            query_ids, queries = self.catalog.readable_vectors(query_ids)
             for target in self.indexes:
                 _, found = self._search_one(target, queries, k + 1, None, ())  # as users search
                 found = np.array(
@@ -680,6 +845,94 @@ class Store:
                 for m in self.indexes
             },
             "damaged": dict(self.damaged),
+            "lost": [*self.catalog.lost(), *([self.lost] if self.lost else [])],
+            # changes committed and not yet in the files (an ingest running, or one killed)
+            "unsaved_changes": self.catalog.seq - (self.manifest.get("covered_seq") or 0),
+            "skipped_rows": {m: e["skipped"] for m, e in entries.items() if e.get("skipped")},
             "catalog_bytes": (self.path / CATALOG).stat().st_size,
             "errors": len(self.catalog.errors()),
         }
+
+    def verify(self) -> dict:
+        """Every byte of the directory against what was recorded at writing (verify.py)."""
+        from .verify import verify
+
+        with self._state:
+            return verify(self)
+
+    def repair(self) -> list[str]:
+        """Under the writer lock: verify, then mend what it found, each said in one line.
+        Modalities whose files are damaged are rebuilt from the catalog as they were (type, on
+        disk, re-ranking); damaged rows are marked to be embedded again by the next ingest of
+        their source; commits the catalog lost are acknowledged."""
+        from .commits import describe
+        from .verify import verify
+
+        with self.writing("repair"):
+            report = verify(self)
+            said = []
+            broken = {f["modality"] for f in report["files"] if f["problem"]} | set(self.damaged)
+            if report["manifest"] and self.catalog.count():
+                broken |= {m for m in MODALITIES if self.catalog.count(m)}
+            for modality in sorted(broken):
+                if self.catalog.count(modality):
+                    stats = self._rebuild_as_before(modality)
+                    said.append(f"{modality}: rebuilt as {stats['factory']} from "
+                                f"{stats['vectors']:,} stored vectors")  # fmt: skip
+            rows = report["catalog"]["damaged_rows"]
+            if rows:
+                self.catalog.forget_content({r["id"] for r in rows})
+                said += [
+                    f"item {r['id']} ({r['source']}): {r['problem']}; the next ingest of its "
+                    "source embeds it again (if its source is gone, `e5v-search delete --id "
+                    f"{r['id']}`)"
+                    for r in rows
+                ]
+            said += [f"catalog.sqlite: {line}" for line in report["catalog"]["integrity"]]
+            if report["commits"]:
+                self.catalog.remember()
+                said.append(f"{report['commits'].split(' (')[0]}: written again")
+            said += [  # the save that ends this block writes both copies anew
+                f"{name} {problem}: written again"
+                for name, problem in report["manifest"].items()
+                if name.endswith(".json")
+            ]
+            acknowledged = self.catalog.acknowledge_loss()
+            said += [f"acknowledged: {describe(lost)}" for lost in acknowledged]
+            return said or ["nothing to repair: every file and row is whole"]
+
+    def _rebuild_as_before(self, modality: str) -> dict:
+        entry = dict(self.manifest.get("indexes", {}).get(modality, {}))
+        on_disk = bool(entry.get("ondisk") or any(self.path.glob(f"{modality}.*.ivfdata")))
+        stats = self._rebuild(modality, self._factory_of(modality), on_disk=on_disk)
+        for key in ("chosen_by", "reason", "search"):
+            if key in entry:
+                self.manifest["indexes"][modality][key] = entry[key]
+        return stats
+
+
+def write_problem(error) -> str | None:
+    """Which write problem `error` is ("full" or "read-only"), or None for any other error."""
+    code = getattr(error, "errno", None)
+    text = str(error).lower()
+    if code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text or "no space left" in text:
+        return "full"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly database" in text:
+        return "read-only"
+    if "read-only file system" in text or "permission denied" in text:
+        return "read-only"
+    return None
+
+
+def _memory_of(factory: str, n: int, dim: int) -> int:
+    """About what an index of this type holds in memory for n vectors."""
+    pq = re.findall(r"PQ(\d+)", factory)
+    if pq:
+        return n * (int(pq[-1]) + 16)
+    if re.search(r"SQ[468]\b|SQ8", factory):
+        return n * (dim + 24)
+    return n * (4 * dim + 24) * (2 if "HNSW" in factory else 1)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
