@@ -9,8 +9,10 @@ import faulthandler
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -18,6 +20,8 @@ from e5v_search import files
 from e5v_search.config import MAX_JSON_DEPTH, MAX_LINE_BYTES
 from e5v_search.errors import InputError, NotRegularFileError
 from e5v_search.ingest.sources import SourceError, SourceItem, scan, text_hash
+from e5v_search.model import encoder as encoder_module
+from e5v_search.model import prompts
 from e5v_search.model.images import image_size, load_image
 
 FIFO = "is a fifo, not a regular file"
@@ -217,3 +221,33 @@ def test_a_csv_is_read_row_by_row_and_a_bad_row_is_that_rows_error(tmp_path):
     assert errors[-1].endswith(
         "q.csv (row 1050): bad CSV (field larger than field limit (1048576))"
     )
+
+
+# -- the encoder: a huge text costs what the context costs ------------------------------------
+
+
+def test_a_huge_text_is_cut_by_characters_first_to_the_same_tokens(encoder, monkeypatch):
+    sentence = "Some words 12 and a few more, then. "
+    huge = sentence * 280_000  # 10 MB
+    start = len(encoder._within_reach(huge))
+    assert start < 100_000
+    # Past the start by whole sentences: it ends as the start does, short enough for the old way
+    long = huge[: start + len(sentence) * 1_000]
+    spaced = " assistant" * 30_000  # 10 characters a token: the start must grow
+    assert len(encoder._within_reach(spaced)) > start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.monotonic()
+        fast = encoder._encode_prompts([huge, spaced], prompts.text_prompt, [0, 0])
+        vectors = encoder.embed_texts([huge, spaced])
+        assert time.monotonic() - started < 20  # seconds; well under 1 on a laptop
+    assert [str(w.message).split(" longer")[0] for w in caught] == ["2 text(s)"] * 2  # per call
+    assert all(len(ids) <= encoder.context for _, ids in fast)
+
+    monkeypatch.setattr(encoder_module, "CHARS_PER_TOKEN", 10**9)  # no cut by characters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = encoder._encode_prompts([long, spaced], prompts.text_prompt, [0, 0])
+        np.testing.assert_allclose(vectors, encoder.embed_texts([long, spaced]), atol=1e-6)
+    assert [ids for _, ids in fast] == [ids for _, ids in slow]
+    assert encoder._within_reach(sentence * 10) == sentence * 10  # a text that fits: whole
