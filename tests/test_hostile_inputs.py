@@ -8,6 +8,8 @@ that ends the session with every thread's traceback (faulthandler), and subproce
 import faulthandler
 import json
 import os
+import subprocess
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from PIL import Image
 
 from e5v_search import files
 from e5v_search.config import MAX_JSON_DEPTH, MAX_LINE_BYTES
+from e5v_search.engine import Engine
 from e5v_search.errors import InputError, NotRegularFileError
 from e5v_search.ingest.sources import SourceError, SourceItem, scan, text_hash
 from e5v_search.model import encoder as encoder_module
@@ -251,3 +254,67 @@ def test_a_huge_text_is_cut_by_characters_first_to_the_same_tokens(encoder, monk
         np.testing.assert_allclose(vectors, encoder.embed_texts([long, spaced]), atol=1e-6)
     assert [ids for _, ids in fast] == [ids for _, ids in slow]
     assert encoder._within_reach(sentence * 10) == sentence * 10  # a text that fits: whole
+
+
+# -- a whole run: the engine and the command line ---------------------------------------------
+
+
+def test_an_ingest_of_a_hostile_corpus_stores_the_rest_and_names_each_bad_input(tmp_path, tiny_dir):
+    folder = _hostile_folder(tmp_path / "in")
+    jsonl = _hostile_jsonl(tmp_path / "c.jsonl")
+    with (
+        deadline(),
+        Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine,
+    ):
+        with pytest.warns(UserWarning, match="1 text"):  # line 9, cut to the context
+            report = engine.ingest([folder, jsonl], progress=False)
+        assert (report.added, report.failed) == (5, 3 + len(JSONL_ERRORS))
+        recorded = {
+            (os.path.basename(e["source"]), e["locator"]): e["reason"] for e in engine.errors()
+        }
+        assert recorded[("x.png", "")] == ZERO and recorded[("y.jpg", "")] == FIFO
+        assert recorded[("caf\\xe9.png", "")].startswith("the file name is not valid UTF-8")
+        assert {loc: r for (name, loc), r in recorded.items() if name == "c.jsonl"} == JSONL_ERRORS
+
+        started = time.monotonic()
+        for query in [{"image": folder / "y.jpg"}, {"image": str(folder / "x.png")}]:
+            with pytest.raises(InputError, match="not a regular file"):
+                engine.search(**query)
+        with pytest.raises(InputError, match=FIFO):
+            engine.search("a red square", add=[str(folder / "y.jpg")])
+        with pytest.raises(InputError, match=FIFO):
+            engine.search("make it blue", image=folder / "y.jpg")
+        assert time.monotonic() - started < 20
+        assert engine.search(image=folder / "good0.png", k=1, modality="image")[0].score > 0.99
+
+
+def test_the_cli_ingest_and_search_name_a_fifo_and_a_device_and_go_on(tmp_path, tiny_dir):
+    folder = _hostile_folder(tmp_path / "in")
+    jsonl = _hostile_jsonl(tmp_path / "c.jsonl")
+    env = dict(os.environ, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
+    command = [sys.executable, "-m", "e5v_search.cli"]
+    index = ["--index", str(tmp_path / "ix")]
+    run = subprocess.run(
+        [*command, "ingest", str(folder), str(jsonl), *index, "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert [line for line in lines if "x.png" in line] == [f"skipped {folder}/x.png: {ZERO}"]
+    assert [line for line in lines if "y.jpg" in line] == [f"skipped {folder}/y.jpg: {FIFO}"]
+    for locator in JSONL_ERRORS:
+        assert sum(f"c.jsonl ({locator})" in line for line in lines) == 1
+
+    search = subprocess.run(
+        [*command, "search", "--image", str(folder / "y.jpg"), *index],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert search.returncode == 2 and "Traceback" not in search.stderr
+    assert f"Error: {folder}/y.jpg: {FIFO}" in search.stderr.splitlines()
