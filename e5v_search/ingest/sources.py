@@ -234,7 +234,8 @@ def read_records(path: str, column: str | None = None) -> Iterator[tuple[str, di
 def _csv_records(path: str, text, column: str | None) -> Iterator[tuple[str, dict] | SourceError]:
     """What DictReader would give (blank rows skipped, missing fields None), each row read within
     the line cap: a row with a line over it, or with bytes that are not UTF-8, is that row's
-    error. A CSV error (an unclosed quote...) ends the file: what follows cannot be trusted."""
+    error. A CSV error (a quoted field past the field limit) ends the file: what follows it
+    cannot be trusted."""
     over: deque[int] = deque()  # the numbers of lines over the cap, each read as a blank line
 
     def lines():
