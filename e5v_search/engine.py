@@ -310,7 +310,8 @@ class Engine:
 
     def _term_vector(self, value) -> np.ndarray:
         path = Path(str(value)).expanduser()
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        # exists(), not is_file(): a fifo or device named like an image is refused as one
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
             return self.embed_images([path])[0]
         return self.embed_texts([str(value)])[0]
 

@@ -13,6 +13,16 @@ class InputError(E5VSearchError):
     """An input (image, text, file) cannot be used; the message names it and says why."""
 
 
+class NotRegularFileError(InputError):
+    """A fifo, device or socket (or a link to one) where a file is read: refused before it is
+    opened, since reading one can wait for a writer forever or never end."""
+
+    def __init__(self, path, kind: str, link: bool = False):
+        self.path = str(path)
+        self.reason = f"is {'a link to ' if link else ''}{kind}, not a regular file"
+        super().__init__(f"{path}: {self.reason}")
+
+
 class EmbeddingError(E5VSearchError):
     """The model gave a non-finite vector for some inputs, even when each was embedded alone.
 

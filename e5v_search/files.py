@@ -1,21 +1,41 @@
-"""Files written so that a crash leaves the old one or the whole new one, and content hashes.
+"""Files written so that a crash leaves the old one or the whole new one, files read only when
+they are regular files, and content hashes.
 
 Every file the package writes in place (index files, masks, the manifest, Ray shards,
 thumbnails) goes through `replacing`: a temporary file in the same folder (named `*.tmp`, which a
 writer's clean-up recognises), fsynced, moved over the target with `os.replace`, then the folder
 fsynced so the rename itself survives a power cut.
+
+Every user's file the package reads (images, text files, the bytes it hashes) is opened with
+`open_regular`: a fifo would block the reader until some writer comes, and a device such as
+/dev/zero never ends, so either (or a symbolic link to one) is refused before it is opened.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
+
+from .errors import NotRegularFileError
+
+_KINDS = {
+    stat.S_IFIFO: "a fifo",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+# O_NONBLOCK: opening a fifo swapped in after the check returns at once instead of waiting for a
+# writer; O_NOCTTY: a terminal opened so never becomes this process's controlling terminal.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 @contextmanager
@@ -49,10 +69,36 @@ def write_json(path: str | Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
+def check_regular(path: str | Path, status: os.stat_result) -> None:
+    """Raise unless `status` (of `path`, links followed) is a regular file's: IsADirectoryError
+    for a folder, NotRegularFileError naming the kind for a fifo, device or socket."""
+    if stat.S_ISREG(status.st_mode):
+        return
+    if stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    kind = _KINDS.get(stat.S_IFMT(status.st_mode), "not a file")
+    raise NotRegularFileError(path, kind, link=os.path.islink(path))
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` open for reading (binary, buffered, blocking) if it is a regular file or a link to
+    one; else it raises as `check_regular` does, before opening it. The opened file is checked
+    again, so a file swapped for a fifo between the check and the open is refused too."""
+    check_regular(path, os.stat(path))
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        check_regular(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_of(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    """SHA-256 of a regular file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

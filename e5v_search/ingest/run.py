@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import default_workers
-from ..errors import EmbeddingError
+from ..errors import EmbeddingError, NotRegularFileError
 from ..files import sha256_of
 from ..spec import Spec
 from .sources import SourceError, SourceItem, scan, scope_of, text_hash
@@ -212,6 +212,8 @@ class Ingestion:
 def _hash_image(outcome: Outcome) -> None:
     try:
         outcome.content_hash = sha256_of(outcome.item.source)
+    except NotRegularFileError as error:  # swapped for a fifo or device since the scan
+        outcome.fail(error.reason)
     except OSError as error:
         outcome.fail(f"cannot read ({error.strerror or error})")
 

@@ -37,6 +37,10 @@ from .images import image_size, load_image
 from .preprocess import PreparedImage, Preprocessor
 
 PROGRESS_MIN_ITEMS = 64
+# A text is cut by characters before it is tokenized (see `_within_reach`): first to this many
+# characters a token of the context, with this many tokens to spare.
+CHARS_PER_TOKEN = 8
+SPARE_TOKENS = 256
 LOOKAHEAD_BATCHES = 2  # batches prepared ahead of the model: keeps it fed, bounds memory
 QUANTIZATIONS = ("int8", "nf4")
 _DTYPES = {
@@ -384,6 +388,7 @@ class E5VEncoder:
         pooled, stays whole. One warning says how many were cut."""
         if not texts:
             return []
+        texts = [self._within_reach(text) for text in texts]
         built = [make_prompt(t) for t in texts]
         encoded = list(zip(built, self.tokenizer(built).input_ids, strict=True))
         cut = 0
@@ -410,6 +415,26 @@ class E5VEncoder:
                 stacklevel=3,
             )
         return encoded
+
+    def _within_reach(self, text: str) -> str:
+        """`text`, or a start of it past anything the token cut of `_encode_prompts` keeps, so
+        that a 10 MB text costs what the context costs (milliseconds), not minutes of
+        tokenizing. The start has more tokens than the context, SPARE_TOKENS to spare, and
+        tokenizes as the whole text does up to near where it ends (BPE merges reach back a few
+        tokens, not hundreds), so the token cut keeps the tokens it keeps of the whole text. (Its
+        first estimate counts how the text's last characters join the prompt's tail, so a
+        start that ends in a space where the text does not can move the cut by a token.)
+        The start is first taken at CHARS_PER_TOKEN characters a token (about twice English's),
+        and doubled while it has too few tokens (long tokens: runs of symbols or spaces), so a
+        text that fits the context is never cut."""
+        need = self.context + SPARE_TOKENS
+        chars = need * CHARS_PER_TOKEN
+        while chars < len(text):
+            start = text[:chars]
+            if len(self.tokenizer(start, add_special_tokens=False).input_ids) > need:
+                return start
+            chars *= 2
+        return text
 
     def _run(self, requests: list[_Request], progress: bool | None, workers: int = 0):
         from tqdm.auto import tqdm

@@ -10,6 +10,8 @@ does) is left as it is.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import MAX_PIXELS
 from ..errors import InputError
+from ..files import open_regular
 
 try:  # HEIC/HEIF, the iPhone's default, through pillow-heif's opener (AVIF is Pillow's own)
     from pillow_heif import register_heif_opener
@@ -93,18 +96,29 @@ def _read(source, action):
         raise InputError(f"{source}: cannot decode image ({error})") from error
 
 
-def _open(source):
+@contextmanager
+def _open(source) -> Iterator[Image.Image]:
+    """The image of a regular file, open for the block: a fifo or device is refused before it is
+    opened (files.open_regular), and the file is closed after (PIL leaves a file it was handed
+    open)."""
     if not isinstance(source, (str, Path)):
         raise InputError(f"expected an image path or a PIL image, got {type(source).__name__}")
     try:
-        return Image.open(source)
+        file = open_regular(source)
     except FileNotFoundError as error:
         raise InputError(f"{source}: no such file") from error
     except IsADirectoryError as error:
         raise InputError(f"{source}: is a directory, not an image") from error
-    except UnidentifiedImageError as error:
-        raise InputError(f"{source}: not an image PIL can read") from error
-    except Image.DecompressionBombError as error:
-        raise InputError(f"{source}: too many pixels ({error})") from error
     except OSError as error:
         raise InputError(f"{source}: cannot open image ({error})") from error
+    with file:
+        try:
+            image = Image.open(file)
+        except UnidentifiedImageError as error:
+            raise InputError(f"{source}: not an image PIL can read") from error
+        except Image.DecompressionBombError as error:
+            raise InputError(f"{source}: too many pixels ({error})") from error
+        except OSError as error:
+            raise InputError(f"{source}: cannot open image ({error})") from error
+        with image:
+            yield image
