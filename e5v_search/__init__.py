@@ -12,6 +12,7 @@ from .errors import (
     IndexNotFoundError,
     InputError,
     ModelLoadError,
+    ServeError,
     SpecMismatchError,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "IndexNotFoundError",
     "InputError",
     "ModelLoadError",
+    "ServeError",
     "SpecMismatchError",
     "__version__",
 ]

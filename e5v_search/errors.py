@@ -57,3 +57,7 @@ class IndexWriteError(E5VSearchError):
 
 class IndexBuildError(E5VSearchError):
     """The index type cannot be built from these vectors (bad factory string, too few vectors)."""
+
+
+class ServeError(E5VSearchError):
+    """The server cannot listen where it was asked to (the port is in use or not permitted)."""

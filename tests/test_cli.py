@@ -112,7 +112,7 @@ def test_bad_numbers_and_filters_are_refused_at_the_edge(tmp_path, tiny_dir):
     with Engine.open(index, model=str(tiny_dir), device="cpu") as engine:
         assert engine.info()["counts"]["text"] == 3  # nothing was deleted or saved
         app = create_app(engine)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             for url in (f"/api/items/{2**64}", f"/api/search?like={2**70}", "/api/items/0",
                         f"/thumbs/{2**64}.jpg"):  # fmt: skip
                 assert client.get(url).status_code == 422, url

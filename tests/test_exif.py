@@ -47,7 +47,7 @@ def test_a_rotated_jpeg_finds_itself_from_disk_pil_and_upload(rotated):
     as_pil = engine.search(image=Image.open(path), k=1, modality="image")[0]
     assert as_pil.id == stored.id and as_pil.score == pytest.approx(1.0, abs=1e-4)
     app = create_app(engine)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         response = client.post(
             "/api/search/image",
             files={"file": ("phone.jpg", path.read_bytes())},

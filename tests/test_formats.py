@@ -22,7 +22,7 @@ def test_heic_and_avif_are_ingested_found_thumbnailed_and_uploaded(tmp_path, tin
         report = engine.ingest([photos], progress=False)
         assert (report.added, report.failed) == (3, 0)
         app = create_app(engine)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             for name in ("iphone.HEIC", "web.avif"):
                 path = photos / name
                 top = engine.search(image=path, k=1, modality="image")[0]

@@ -209,7 +209,7 @@ def test_a_server_follows_a_cli_ingest_and_delete(tmp_path, env, tiny_dir):
     engine = Engine.open(index, model=str(tiny_dir), device="cpu")
     app = create_app(engine)
     new = "A brand new sentence about a horse."
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         client.get("/api/search", params={"q": "t line", "type": "text", "k": 3})
         generation = client.get("/api/info").json()["generation"]
         (tmp_path / "new.txt").write_text(new + "\n")

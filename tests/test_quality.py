@@ -113,7 +113,7 @@ def test_an_uploaded_new_drawing_finds_its_caption(engine):
               ("black", "circle", "pale"), ("white", "square", "grey")]  # fmt: skip
     app = create_app(engine)
     hits = 0
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         for combo in combos:
             buffer = io.BytesIO()
             draw_shape(*combo, rng=rng).save(buffer, format="PNG")  # moved and resized: new

@@ -15,7 +15,7 @@ from e5v_search.serving.app import create_app
 def served(tmp_path_factory, tiny_dir):
     engine, corpus = sample_engine(tmp_path_factory.mktemp("served"), tiny_dir)
     app = create_app(engine, max_upload_bytes=200_000)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, engine, corpus
     app.state.worker.close()
     engine.close()

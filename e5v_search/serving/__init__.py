@@ -1,6 +1,8 @@
 """The serving layer: the HTTP API and the search page.
 
-app (FastAPI handlers, each a call to the engine), worker (one thread owns the model;
+app (FastAPI handlers, each a call to the engine), guards (the Host allow-list and the header
+cap, before any handler), listener (sockets bound before the model loads; uvicorn with a
+deadline per request head and a connection limit), worker (one thread owns the model;
 micro-batched texts; LRU cache), thumbnails (a bounded cache in the index directory), static/
 (the page: no build step).
 """

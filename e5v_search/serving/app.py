@@ -4,7 +4,8 @@ The engine is opened and the model loaded once, at start-up. Every model call go
 `ModelWorker` thread; index reads go through `_Index`, the engine behind a lock (they take
 milliseconds), which first follows what other processes committed.
 Files are served only for items the catalog knows, by integer id; uploads are size- and
-type-checked; the only files written are thumbnails inside the index directory.
+type-checked; the only files written are thumbnails inside the index directory. Requests
+pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,7 @@ from ..engine import TARGET_OF, Result
 from ..errors import E5VSearchError, InputError
 from ..model.images import upright_rgb
 from ..storage.catalog import parse_filters
+from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache
 from .worker import ModelWorker
 
@@ -54,12 +57,18 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     thumbnail_cache_bytes: int = 256 * 2**20,
     text_cache_size: int = 1024,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> FastAPI:
+    """The app over an open engine. `allowed_hosts`: the names answered in the Host header
+    (`guards.allowed_hosts` makes the set `serve` uses); None is localhost's names only."""
     engine.spec()  # load the model now, and refuse a model the index was not built with
     app = FastAPI(
         title="e5v-search",
         description="Multimodal search with E5-V: texts and images in one vector space.",
         version="0.1.0",
+    )
+    app.add_middleware(
+        RequestGuard, allowed=LOCAL_HOSTS if allowed_hosts is None else allowed_hosts
     )
     app.state.worker = ModelWorker(engine.encoder, cache_size=text_cache_size)
     index = _Index(engine)
