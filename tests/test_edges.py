@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -373,10 +374,9 @@ def _mount(*args):
         pytest.skip(f"cannot mount here ({result.stderr.strip() or 'not root'})")
 
 
-@pytest.fixture
-def read_only(tmp_path):
-    source = _index(tmp_path / "ix", n=200)
-    view = tmp_path / "view"
+@contextmanager
+def _read_only_view(source, view):
+    """`source` seen through a read-only bind mount at `view`."""
     view.mkdir()
     _mount("--bind", source, view)
     try:
@@ -386,6 +386,12 @@ def read_only(tmp_path):
         subprocess.run(["umount", str(view)], check=False)
 
 
+@pytest.fixture
+def read_only(tmp_path):
+    with _read_only_view(_index(tmp_path / "ix", n=200), tmp_path / "view") as view:
+        yield view
+
+
 def test_readers_work_on_a_read_only_mount_and_writers_say_why_not(read_only):
     for args in (["info"], ["search", "--like", "1"], ["verify"], ["errors"]):
         result = _cli(*args, "--index", read_only)
@@ -393,6 +399,27 @@ def test_readers_work_on_a_read_only_mount_and_writers_say_why_not(read_only):
         assert "Read-only" not in result.stderr and "repaired" not in result.stderr
     written = _cli("delete", "--id", "1", "--index", read_only)
     _one_line_error(written, 1, "writing an index needs write access")
+
+
+def test_the_server_answers_from_a_read_only_index(tmp_path, tiny_dir, monkeypatch):
+    from conftest import sample_engine
+    from fastapi.testclient import TestClient
+
+    from e5v_search.engine import Engine
+    from e5v_search.serving.app import create_app
+
+    sample_engine(tmp_path, tiny_dir)[0].close()
+    monkeypatch.setenv("E5V_SEARCH_CACHE", str(tmp_path / "cache"))
+    with _read_only_view(tmp_path / "ix", tmp_path / "view") as view:
+        with Engine.open(view, model=str(tiny_dir), device="cpu") as engine:
+            app = create_app(engine)
+            with TestClient(app, base_url="http://127.0.0.1") as client:
+                found = client.get("/api/search", params={"q": "A red circle.", "k": 3})
+                assert found.status_code == 200, found.text
+                first = found.json()["results"][0]["id"]
+                assert client.get(f"/thumbs/{first}.jpg").status_code == 200
+            app.state.worker.close()
+    assert list((tmp_path / "cache" / "thumbnails").glob("*/*.jpg"))  # made in the cache
 
 
 def test_another_account_reads_an_index_it_cannot_write(request):

@@ -31,7 +31,7 @@ from ..errors import E5VSearchError, InputError
 from ..model.images import upright_rgb
 from ..storage.catalog import parse_filters
 from .guards import LOCAL_HOSTS, RequestGuard
-from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache
+from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
 from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -78,7 +78,7 @@ def create_app(
         return JSONResponse({"detail": str(error)}, status_code=400)
 
     _search_routes(app, index, app.state.worker, max_upload_bytes)
-    _item_routes(app, index, ThumbnailCache(engine.path / "thumbnails", thumbnail_cache_bytes))
+    _item_routes(app, index, ThumbnailCache(thumbnail_folder(engine.path), thumbnail_cache_bytes))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():

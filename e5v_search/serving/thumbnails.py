@@ -1,16 +1,34 @@
-"""Thumbnails for the server: small JPEGs made on demand inside the index directory, their
-total size kept under a bound by evicting the least recently used."""
+"""Thumbnails for the server: small JPEGs made on demand inside the index directory (or, for an
+index on read-only media, in this user's cache), their total size kept under a bound by
+evicting the least recently used."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 
+from ..config import cache_home
 from ..files import write_bytes
 from ..model.images import load_image
 
 THUMBNAIL_SIZES = (128, 256, 512)
+
+
+def thumbnail_folder(index: Path) -> Path:
+    """`<index>/thumbnails` where the index may be written; else a folder of this user's cache
+    named after the index, so an index on a read-only mount or of another account is served
+    with thumbnails too (the server is a reader: it writes nothing it may not)."""
+    inside = Path(index) / "thumbnails"
+    if os.access(index, os.W_OK) or os.access(inside, os.W_OK):
+        try:
+            inside.mkdir(exist_ok=True)
+            return inside
+        except OSError:
+            pass
+    key = hashlib.sha256(str(Path(index).resolve()).encode()).hexdigest()[:16]
+    return cache_home() / "thumbnails" / key
 
 
 class ThumbnailCache:
