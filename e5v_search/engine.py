@@ -175,14 +175,17 @@ class Engine:
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
-        `ray` (a ray_backend.RayOptions) runs the work on Ray Data instead of local threads.
+        `ray` (a ray_backend.RayOptions, or a dict of its fields) runs the work on Ray Data
+        instead of local threads.
         At the end each modality's index type follows the collection (storage/policy.py) within
         `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
         else $E5V_MAX_MEMORY, else half the RAM)."""
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
-            from .ingest.ray_backend import SHARDS, RayBackend
+            from .ingest.ray_backend import SHARDS, RayBackend, RayOptions
+
+            ray = RayOptions(**ray) if isinstance(ray, dict) else ray
 
             backend = RayBackend(self.path / SHARDS, self.choice, ray, max_pixels, progress)
 
@@ -210,7 +213,7 @@ class Engine:
 
         if max_memory is not None:
             return parse_bytes(max_memory) if isinstance(max_memory, str) else int(max_memory)
-        return self.store.manifest.get("max_memory") or index_memory()
+        return self.store.manifest.max_memory or index_memory()
 
     def add_embedded(self, records: list[dict], vectors, prompt_version: str) -> list[int]:
         """Store vectors this engine's encoder made with another prompt (evaluation's CIRR
@@ -259,11 +262,7 @@ class Engine:
         paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
         ("any" searches both); `where` is SQL on the items table or a {metadata key: value}
         dict."""
-        query, target = self._query_vector(text, image, like)
-        for terms, sign in ((add, 1.0), (subtract, -1.0)):
-            for term in terms:
-                value, weight = term if isinstance(term, tuple) else (term, 1.0)
-                query = query + sign * float(weight) * self._term_vector(value)
+        query, target = self.query_vector(text, image, like=like, add=add, subtract=subtract)
         results = self.search_vector(
             query, target=modality or target, k=k + (like is not None), where=where, params=params
         )
@@ -290,30 +289,40 @@ class Engine:
         modality = None if target == "any" else target
         return self.store.search(queries, k, modality, where, params, among=among)
 
-    def _query_vector(self, text, image, like) -> tuple[np.ndarray, str]:
+    def query_vector(
+        self, text=None, image=None, *, like=None, add=(), subtract=(), embedder=None
+    ) -> tuple[np.ndarray, str]:
+        """The unit vector of a query and the modality it finds unless told (TARGET_OF): a
+        text, an image, both (E5-V's composed query), or a stored item (`like`: more of its
+        own kind), moved towards `add` and away from `subtract` (texts, image paths, or
+        (term, weight) pairs). `embedder` makes the model calls (the server's one model
+        thread, which calls this engine's embed methods); this engine's own by default."""
+        embedder = embedder or self
         given = sum(x is not None for x in (text, image)) + (like is not None)
         if not given or (like is not None and given > 1):
             raise InputError("give a text, an image, both, or the id of a stored item (like)")
+        if text is not None and not str(text).strip():
+            raise InputError("the query text is empty")
         if like is not None:
             like = _item_id(like)
             rows = self.items([like])
             if not rows:
                 raise InputError(f"no item with id {like} in this index")
-            return self.vectors([like])[0], rows[0]["modality"]  # more of the same kind
-        if text is not None and not str(text).strip():
-            raise InputError("the query text is empty")
-        if text is not None and image is not None:
-            return self.embed_composed([image], [text])[0], TARGET_OF["composed"]
-        if text is not None:
-            return self.embed_texts([text])[0], TARGET_OF["text"]
-        return self.embed_images([image])[0], TARGET_OF["image"]
-
-    def _term_vector(self, value) -> np.ndarray:
-        path = Path(str(value)).expanduser()
-        # exists(), not is_file(): a fifo or device named like an image is refused as one
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
-            return self.embed_images([path])[0]
-        return self.embed_texts([str(value)])[0]
+            query, target = self.vectors([like])[0], rows[0]["modality"]
+        elif text is not None and image is not None:
+            query, target = embedder.embed_composed([image], [text])[0], TARGET_OF["composed"]
+        elif text is not None:
+            query, target = embedder.embed_texts([text])[0], TARGET_OF["text"]
+        else:
+            query, target = embedder.embed_images([image])[0], TARGET_OF["image"]
+        for terms, sign in ((add, 1.0), (subtract, -1.0)):
+            for term in terms:
+                value, weight = term if isinstance(term, tuple) else (term, 1.0)
+                query = query + sign * float(weight) * _term_vector(embedder, value)
+        norm = np.linalg.norm(query)
+        if norm == 0:
+            raise InputError("the query vector is zero (added and subtracted queries cancel out?)")
+        return np.asarray(query / norm, dtype=np.float32), target
 
     # -- items ---------------------------------------------------------------------------------
 
@@ -423,6 +432,14 @@ class Engine:
     def refresh(self) -> bool:
         """Follow what other processes committed (see Store.refresh); True if anything did."""
         return self.store.refresh()
+
+
+def _term_vector(embedder, value) -> np.ndarray:
+    path = Path(str(value)).expanduser()
+    # exists(), not is_file(): a fifo or device named like an image is refused as one
+    if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
+        return embedder.embed_images([path])[0]
+    return embedder.embed_texts([str(value)])[0]
 
 
 def _item_id(value) -> int:

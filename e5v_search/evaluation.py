@@ -75,16 +75,6 @@ def recall_at_k(ranked: list[list[int]], relevant: list[set[int]], ks=KS) -> dic
     }
 
 
-def rank(scores: np.ndarray, ids: np.ndarray, k: int) -> list[list[int]]:
-    """Top-k ids per row of a (queries x items) score matrix; ties keep the items' order."""
-    from .storage.faiss_ops import top_k
-
-    return top_k(scores, ids, k)[1].tolist()
-
-
-# -- datasets --------------------------------------------------------------------------------
-
-
 def load_pairs(path: str | Path, split: str = "test", image_field="image", caption_field="caption"):
     """Captions from Karpathy's split file (dataset_flickr30k.json, dataset_coco.json: the split
     the paper's numbers use), or a .jsonl / .csv with an image file name and a caption per row

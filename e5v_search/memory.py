@@ -59,25 +59,3 @@ def gib(n_bytes: float) -> str:
     if n_bytes < 2**30:
         return f"{n_bytes / 2**20:.0f} MiB"
     return f"{n_bytes / 2**30:.2f} GiB"
-
-
-_ALLOCATION_FAILURES = (
-    "out of memory",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CUDNN_STATUS_ALLOC_FAILED",
-    "cudaErrorMemoryAllocation",
-    "CUDA error: out of memory",
-)
-
-
-def is_allocation_failure(error: BaseException) -> bool:
-    """A failure to allocate device memory, whichever way CUDA, cuBLAS or cuDNN reports it
-    (only the first arrives as torch.cuda.OutOfMemoryError)."""
-    try:
-        import torch
-
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:
-        pass
-    return isinstance(error, RuntimeError) and any(s in str(error) for s in _ALLOCATION_FAILURES)

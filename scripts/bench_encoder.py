@@ -22,10 +22,9 @@ import time
 from functools import partial
 
 import numpy as np
-from benchlib import PeakMemory, gib, machine, record
+from benchlib import PeakMemory, gib, is_allocation_failure, machine, record
 from PIL import Image, ImageDraw
 
-from e5v_search.memory import is_allocation_failure
 from e5v_search.model.encoder import E5VEncoder
 from e5v_search.model.recipe import recipe_embed_images, recipe_embed_texts
 from e5v_search.testing import cached_tiny_checkpoint

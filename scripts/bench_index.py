@@ -60,7 +60,8 @@ def search_stats(store: Store, stats: dict, queries, exact_ids) -> dict:
     """QPS, single-query latency and recall@10 of the image index as users search it."""
 
     def search(q):
-        return store._search_one("image", q, 10, None, ())
+        hits = store.search(q, 10, "image")  # as users search: re-ranked when set
+        return None, np.array([[h.id for h in row] + [-1] * (10 - len(row)) for row in hits])
 
     started = time.perf_counter()
     _, found = search(queries)
@@ -141,7 +142,7 @@ def main() -> None:
         budget = int(args.n * DIM * 4 * args.budget_share)
         auto = measure(store, None, queries, exact, max_memory=budget)
         stats.append(auto)
-        store.set_search("image", rerank=100)  # the same index, candidates rescored exactly
+        store.manifest.indexes["image"].rerank = 100  # the same index, rescored exactly
         reranked = dict(auto, factory=auto["factory"] + ", rerank 100")
         stats.append(search_stats(store, reranked, queries, exact))
         store.close()

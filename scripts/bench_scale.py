@@ -116,12 +116,12 @@ def peak() -> int:
 
 def quality(store: Store, queries: np.ndarray) -> dict:
     """Recall@10 alone and re-ranked against exact search over the catalog; QPS."""
-    entry = store.manifest["indexes"]["image"]
+    entry = store.manifest.indexes["image"]
     index = Searchable(store.indexes["image"], store.indexes["image"], "image")
     chunks = store.catalog.iter_vectors("image")
     _, exact = fx.exact_search(queries, chunks, 10)
     _, alone = search_modality(index, store.catalog, queries, 10, None, (), None, None)
-    rerank = entry.get("rerank")
+    rerank = entry.rerank
     began = time.perf_counter()
     found = [
         search_modality(index, store.catalog, q[None], 10, None, (), None, rerank)[1][0]

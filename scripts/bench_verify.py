@@ -82,7 +82,7 @@ def paired(action, rounds: int) -> tuple[float, float]:
 
 def step(store: Store, path: Path, n: int, budget: int, rounds: int) -> dict:
     store.rebuild(max_memory=budget)  # the type at this size, saved with its digests
-    entry = store.manifest["indexes"]["image"]
+    entry = store.manifest.indexes["image"]
     queries = vectors(0, QUERIES, store.catalog.dim, seed=5)
 
     def search():
@@ -90,7 +90,7 @@ def step(store: Store, path: Path, n: int, budget: int, rounds: int) -> dict:
             store.search(query[None], 10, "image")
 
     search()  # pages in what the searches touch
-    row = {"n": n, "type": entry["factory"], "rerank": entry.get("rerank")}
+    row = {"n": n, "type": entry.factory, "rerank": entry.rerank}
     report = {}
     row["verify"] = timed(lambda: report.update(verify(store)))
     assert report["ok"], report

@@ -16,8 +16,8 @@ import gc
 from pathlib import Path
 
 from bench_encoder import full_size_model
+from benchlib import is_allocation_failure
 
-from e5v_search.memory import is_allocation_failure
 from e5v_search.model.check import check_encoder
 from e5v_search.model.encoder import E5VEncoder
 from e5v_search.testing import cached_tiny_checkpoint

@@ -49,9 +49,9 @@ def _on_disk_index(path):
         store.add(items, clustered_vectors(n + 200, DIM, seed=1), SPEC)
         budget = 500_000 + 200 * (DIM * 4 + ondisk.FLAT_OVERHEAD)
         store.rebuild(max_memory=budget)
-        entry = store.manifest["indexes"]["image"]
-        assert entry["ondisk"]
-        return entry["segments"][0]
+        entry = store.manifest.indexes["image"]
+        assert entry.ondisk
+        return entry.segments[0]
 
 
 def _assert_named(result, name, code=1):
@@ -125,8 +125,8 @@ def test_a_plain_rebuild_keeps_each_modality_on_disk(tmp_path, on_disk):
     result = _cli("rebuild", "--index", path)
     assert result.returncode == 0, result.stderr
     with Store.open(path) as store:
-        assert store.manifest["indexes"]["image"]["ondisk"]
-        assert store.manifest["indexes"]["text"]["factory"] == "Flat"
+        assert store.manifest.indexes["image"].ondisk
+        assert store.manifest.indexes["text"].factory == "Flat"
 
 
 def test_leftovers_of_a_killed_writer_are_removed_by_the_next(tmp_path):

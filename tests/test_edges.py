@@ -194,8 +194,8 @@ def _big_flat(path, n=36000):
     with Store.open(path, create=True) as store:
         store.add(_items(n), vectors, SPEC)
         store.rebuild()
-        entry = store.manifest["indexes"]["text"]
-    segment = path / f"{entry['segments'][0]}.faiss"
+        entry = store.manifest.indexes["text"]
+    segment = path / f"{entry.segments[0]}.faiss"
     assert segment.stat().st_size > integrity.PROBE_WHOLE
     return vectors, segment
 
@@ -223,7 +223,7 @@ def test_bytes_flipped_between_probes_are_never_served_and_verify_finds_them(tmp
         f.seek(at + 4 * component + 3)
         f.write(bytes([0x65]))
     entry = json.loads((path / "manifest.json").read_text())["indexes"]["text"]
-    assert integrity.damage_of(path, entry) is None  # the probes miss it
+    assert integrity.damage_of(path, entry["files"]) is None  # the probes miss it
     found = _cli("search", "--like", item, "--index", path)
     _one_line_error(found, 1, f"{segment.name} is damaged", "e5v-search rebuild")
     assert "e+" not in found.stdout  # no score of 1e23 was printed
@@ -247,11 +247,11 @@ def test_verify_finds_a_flipped_byte_anywhere(tmp_path, target):
         store.rebuild()  # a sealed segment
         store.add(_items(20, start=300), clustered_vectors(20, DIM, seed=2), SPEC)  # a delta
         store.delete([5])  # masks
-        entry = store.manifest["indexes"]["text"]
+        entry = store.manifest.indexes["text"]
     assert _cli("verify", "--index", path).returncode == 0
-    stem = entry["segments"][0]
-    files = {"segment": f"{stem}.faiss", "ids": f"{stem}.ids.npy", "template": entry["template"],
-             "delta": entry["delta"], "masks": entry["masks"]}  # fmt: skip
+    stem = entry.segments[0]
+    files = {"segment": f"{stem}.faiss", "ids": f"{stem}.ids.npy", "template": entry.template,
+             "delta": entry.delta, "masks": entry.masks}  # fmt: skip
     if target in ("vector", "text"):
         _flip_in_catalog(path / "catalog.sqlite", target)
     else:
@@ -314,8 +314,8 @@ def built_on_disk(tmp_path_factory):
     with Store.open(path, create=True) as store:
         store.add(_items(6000), clustered_vectors(6000, DIM, seed=1), SPEC)
         store.rebuild(max_memory=500_000)
-        entry = store.manifest["indexes"]["text"]
-        assert entry["ondisk"] and "PQ" in entry["factory"]
+        entry = store.manifest.indexes["text"]
+        assert entry.ondisk and "PQ" in entry.factory
     return path
 
 
@@ -337,11 +337,11 @@ def test_an_emptied_manifest_keeps_the_on_disk_type_and_never_rebuilds_it_in_mem
     info = _cli("info", "--index", path)
     assert info.returncode == 0 and "DAMAGED" in info.stdout and factory in info.stdout
     assert "on disk" in info.stdout and "rebuilt" not in info.stderr  # not in memory
-    rebuilt = _cli("rebuild", "--no-recall", "--index", path)
+    rebuilt = _cli("rebuild", "--no-recall", "--index", path, timeout=400)  # OPQ training
     assert rebuilt.returncode == 0, rebuilt.stderr
     with Store.open(path) as store:
-        entry = store.manifest["indexes"]["text"]
-        assert entry["factory"] == factory and entry["ondisk"] and entry["rerank"] == 100
+        entry = store.manifest.indexes["text"]
+        assert entry.factory == factory and entry.ondisk and entry.rerank == 100
 
 
 def test_an_ivfdata_zeroed_in_its_second_half_is_named(on_disk):

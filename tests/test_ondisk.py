@@ -55,8 +55,8 @@ def test_rebuild_within_a_budget_chooses_builds_on_disk_and_stays_current(tmp_pa
     # Measured: the segment's base and lists, the delta and the mask; not the template, which
     # repeats the trained structure the base holds, nor the sorted ids file (mapped, read by
     # binary search).
-    entry = store.manifest["indexes"]["image"]
-    extra = [path / entry["template"], path / f"{entry['segments'][0]}.ids.npy"]
+    entry = store.manifest.indexes["image"]
+    extra = [path / entry.template, path / f"{entry.segments[0]}.ids.npy"]
     assert image["bytes"] - sum(p.stat().st_size for p in extra) <= budget
     assert stats["text"]["factory"] == "Flat"  # a small modality stays exact
     info = store.info()["indexes"]["image"]

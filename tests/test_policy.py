@@ -24,9 +24,9 @@ def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path, mo
     for start, n in ((0, 200), (200, 3800), (4000, 8000)):
         ids, vectors = _add(store, start, n)
         changes = store.follow_policy(BUDGET)
-        entry = store.manifest["indexes"]["image"]
-        kinds.append((entry["factory"], bool(entry.get("ondisk")), len(changes)))
-        assert entry.get("rerank") == (None if entry["factory"] == "Flat" else ondisk.RERANK)
+        entry = store.manifest.indexes["image"]
+        kinds.append((entry.factory, bool(entry.ondisk), len(changes)))
+        assert entry.rerank == (None if entry.factory == "Flat" else ondisk.RERANK)
         assert store.indexes["image"].ntotal == store.catalog.count("image") == start + n
         found = store.search(vectors[:20], k=1, modality="image")
         assert np.mean([row[0].id == i for row, i in zip(found, ids[:20], strict=True)]) >= 0.8
@@ -37,7 +37,7 @@ def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path, mo
     store.close()
     reopened = Store.open(tmp_path / "ix")  # what the policy built was saved
     assert reopened.repairs == [] and reopened.indexes["image"].ntotal == 12000
-    assert reopened.manifest["indexes"]["image"]["rerank"] == ondisk.RERANK
+    assert reopened.manifest.indexes["image"].rerank == ondisk.RERANK
     # Growth within the kind: adds go to the delta and are sealed into segments with the
     # trained structure of the switch; nothing is rebuilt.
     monkeypatch.setattr(segments, "SEAL_BYTES", 2000 * 16)
@@ -47,7 +47,7 @@ def test_the_type_switches_at_the_thresholds_and_search_stays_right(tmp_path, mo
     assert reopened.follow_policy(BUDGET) == []
     assert len(reopened.indexes["image"].sealed) == 2
     assert reopened.indexes["image"].ntotal == 16000
-    assert reopened.manifest["indexes"]["image"]["factory"] == "OPQ8_64,IVF512,PQ8"
+    assert reopened.manifest.indexes["image"].factory == "OPQ8_64,IVF512,PQ8"
 
 
 def test_a_type_the_user_chose_is_left_alone(tmp_path):
@@ -56,7 +56,7 @@ def test_a_type_the_user_chose_is_left_alone(tmp_path):
     store.rebuild("HNSW32")
     _add(store, 500, 4000)
     assert store.follow_policy(BUDGET) == []
-    assert store.manifest["indexes"]["image"]["factory"] == "HNSW32"
+    assert store.manifest.indexes["image"].factory == "HNSW32"
     store.rebuild(max_memory=BUDGET)  # a budget given to rebuild: later ingests keep to it
-    assert store.manifest["max_memory"] == BUDGET
-    assert store.manifest["indexes"]["image"]["chosen_by"] == "policy"
+    assert store.manifest.max_memory == BUDGET
+    assert store.manifest.indexes["image"].chosen_by == "policy"

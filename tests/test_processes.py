@@ -258,7 +258,7 @@ def test_an_on_disk_rebuild_beside_a_delete_and_an_add(tmp_path):
         assert process.returncode == 0, err
         assert "Traceback" not in (err or "")
     with Store.open(index) as store:
-        assert store.manifest["indexes"]["image"]["ondisk"]
+        assert store.manifest.indexes["image"].ondisk
         assert store.repairs == []
         stored = set(store.catalog.ids("image").tolist())
         assert len(stored) == 6000 - 50 + 100

@@ -28,8 +28,8 @@ def test_rebuild_script_rebuilds_and_reports_recall(tmp_path):
     store.close()
     result = _run("scripts/rebuild_index.py", str(tmp_path / "ix"), "--type", "HNSW32")
     assert result.returncode == 0, result.stderr
-    assert "| image | HNSW32 | 300 |" in result.stdout
-    assert "| text->image |" in result.stdout and "| image->text |" in result.stdout
+    assert "image: HNSW32, 300 vectors" in result.stdout
+    assert "recall@10 text->image" in result.stdout and "recall@10 image->text" in result.stdout
     assert Store.open(tmp_path / "ix").info()["indexes"]["image"]["factory"] == "HNSW32"
 
 
@@ -52,5 +52,5 @@ def test_rebuild_script_chooses_a_type_for_a_memory_budget(tmp_path):
     store.close()
     result = _run("scripts/rebuild_index.py", str(tmp_path / "ix"), "--max-memory", "200KB")
     assert result.returncode == 0, result.stderr
-    assert "| image | SQ8 |" in result.stdout and "Flat needs" in result.stdout
-    assert "| image->image |" in result.stdout
+    assert "image: SQ8," in result.stdout and "Flat needs" in result.stdout
+    assert "recall@10 image->image" in result.stdout

@@ -13,7 +13,8 @@ import pytest
 
 from e5v_search.spec import Spec
 from e5v_search.storage import faiss_ops as fx
-from e5v_search.storage import ondisk, segments
+from e5v_search.storage import ondisk, rebuild, segments
+from e5v_search.storage.manifest import IndexEntry
 from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
@@ -42,7 +43,7 @@ def _grow(path, factory=None, rounds=30, chunk=100, monkeypatch=None):
         _add(store, start, chunk)
         if factory and start + chunk == 1000:
             with store.writing("rebuild"):
-                store.rebuild_modality("image", factory, on_disk=factory.startswith("IVF"))
+                rebuild.switch(store, "image", factory, on_disk=factory.startswith("IVF"))
             size = store.indexes["image"]._vector_bytes()
             monkeypatch.setattr(segments, "SEAL_BYTES", 150 * size)
             monkeypatch.setattr(segments, "MERGE_MAX_BYTES", 2000 * size)
@@ -62,16 +63,16 @@ def test_searches_across_segments_equal_one_index(tmp_path, small_segments, monk
     store = _grow(tmp_path / "ix", factory, monkeypatch=monkeypatch)
     index = store.indexes["image"]
     if factory == "IVF32,PQ16":
-        assert store.manifest["indexes"]["image"]["ondisk"]
+        assert store.manifest.indexes["image"].ondisk
     assert len(index.sealed) >= 3 and index.ntotal == 3000
     queries = clustered_vectors(30, DIM, seed=99)
     expected = fx.search(_reference(store), queries, 10)
-    got = fx.search(index, queries, 10)
+    got = index.search(queries, 10)
     assert np.array_equal(got[1], expected[1]) and np.allclose(got[0], expected[0], atol=1e-5)
     store.close()
     reopened = Store.open(tmp_path / "ix")  # mapped from the files, the same answers
     assert reopened.repairs == [] and reopened.indexes["image"].mapped
-    again = fx.search(reopened.indexes["image"], queries, 10)
+    again = reopened.indexes["image"].search(queries, 10)
     assert np.array_equal(again[1], expected[1])
 
 
@@ -93,11 +94,11 @@ def test_deletes_and_updates_hold_across_segments(tmp_path, small_segments):
     assert sorted(index.ids().tolist()) == stored.tolist()
     queries = np.concatenate([clustered_vectors(20, DIM, seed=3), np.eye(DIM)[:1]])
     _, exact = fx.exact_search(queries, reopened.catalog.iter_vectors("image"), 10)
-    _, found = fx.search(index, queries, 10)
+    _, found = index.search(queries, 10)
     assert np.array_equal(found, exact)
     assert found[-1, 0] == moved  # its newest vector, once
     assert list(found[-1]).count(moved) == 1
-    _, among = fx.search(index, queries[-1:], 5, among=np.array([moved, *gone]))
+    _, among = index.search(queries[-1:], 5, among=np.array([moved, *gone]))
     assert among[0].tolist() == [moved, -1, -1, -1, -1]
 
 
@@ -107,9 +108,9 @@ def test_a_save_writes_what_changed_not_the_index(tmp_path, small_segments):
     _add(store, 9000, 10)
     store.delete([5])
     written = {p.name for p in (tmp_path / "ix").iterdir()} - before
-    entry = store.manifest["indexes"]["image"]
-    assert written == {entry["delta"], entry["masks"]}  # the segments are untouched
-    assert (tmp_path / "ix" / entry["delta"]).stat().st_size < 20 * (DIM * 4 + 24) + 2000
+    entry = store.manifest.indexes["image"]
+    assert written == {entry.delta, entry.masks}  # the segments are untouched
+    assert (tmp_path / "ix" / entry.delta).stat().st_size < 20 * (DIM * 4 + 24) + 2000
 
 
 def test_merges_drop_masked_ids_and_keep_segments_few(tmp_path, small_segments):
@@ -148,19 +149,19 @@ def test_an_index_saved_before_segments_is_read_and_converted(tmp_path):
     expected = {"text": fx.search(flat, queries, 10), "image": fx.search(reference, queries, 10)}
     names = iter(range(10, 100))
     for modality, entry in entries.items():
-        index = segments.load(tmp_path, entry)
+        index = segments.load(tmp_path, IndexEntry.from_dict(entry))
         assert index.ntotal == 3000 - 2 * (modality == "image")
-        assert np.array_equal(fx.search(index, queries, 10)[1], expected[modality][1])
-        new = {**entry, **index.save(tmp_path, lambda kind, m=modality: f"{m}.{kind}{next(names)}")}
-        again = segments.load(tmp_path, new)
-        assert np.array_equal(fx.search(again, queries, 10)[1], expected[modality][1])
+        assert np.array_equal(index.search(queries, 10)[1], expected[modality][1])
+        names_of = index.save(tmp_path, lambda kind, m=modality: f"{m}.{kind}{next(names)}")
+        again = segments.load(tmp_path, IndexEntry.from_dict({**entry, **names_of, "file": None}))
+        assert np.array_equal(again.search(queries, 10)[1], expected[modality][1])
 
 
 CRASHING_WRITER = """
 import sys
 import numpy as np
 from e5v_search.spec import Spec
-from e5v_search.storage import segments
+from e5v_search.storage import rebuild, segments
 from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
@@ -172,7 +173,7 @@ for start in range(5000, 9000, 100):
     store.add(items, clustered_vectors(100, 64, seed=start), spec)
     if sys.argv[2] == "rebuilt":  # the policy's switch to IVF-PQ on disk
         with store.writing("ingest"):
-            store.rebuild_modality("image", "IVF16,PQ8", on_disk=True)
+            rebuild.switch(store, "image", "IVF16,PQ8", on_disk=True)
 """
 
 
@@ -198,11 +199,10 @@ def test_a_writer_killed_in_a_seal_merge_or_switch_loses_nothing(tmp_path, small
         assert len(stored) > 1500 and store.indexes["image"].ntotal == len(stored)
         hits = store.search(store.catalog.vectors(stored[-50:]), k=1, modality="image")
         assert [row[0].id for row in hits] == stored[-50:].tolist()
-        assert store.manifest["save_id"] == manifest["save_id"]  # a reader wrote nothing
+        assert store.manifest.save_id == manifest["save_id"]  # a reader wrote nothing
         store.save()  # the next writer saves what it caught up with, and cleans up
     with Store.open(path) as store:
         assert store.repairs == [] and store.indexes["image"].ntotal == len(stored)
-    used = {p.name for e in store.manifest["indexes"].values()
-            for p in segments.files_of(path, e)}  # fmt: skip
+    used = {p.name for e in store.manifest.indexes.values() for p in e.paths(path)}
     left = {p.name for p in path.glob("image.*")}
     assert left == used

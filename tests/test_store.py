@@ -215,14 +215,20 @@ def test_deleted_items_never_come_back(tmp_path, factory):
     assert store.delete(ids[:5]) == 5
     assert store.delete_where("json_extract(metadata, '$.group') = ?", [2]) > 0
     assert store.delete_source_prefix("/data/text/a/") > 0
-    gone = set(ids[:5].tolist()) | {int(i) for i in ids if i % 7 == 2} - {0}
+    items = _items(600, "image") + _items(400, "text", start=600)  # as _fill made them
+    gone = {
+        int(i)
+        for n, (i, item) in enumerate(zip(ids, items, strict=True))
+        if n < 5 or item["metadata"]["group"] == 2 or item["source"].startswith("/data/text/a/")
+    }
     hits = store.search(vectors, k=20)
     returned = {h.id for row in hits for h in row}
-    assert not returned & set(ids[:5].tolist())
+    assert not returned & gone
     rows = store.catalog.get(list(returned))
     assert all(r["metadata"]["group"] != 2 for r in rows)
     assert not any(r["source"].startswith("/data/text/a/") for r in rows)
-    assert gone  # the filters did select something
+    assert not store.catalog.get(list(gone))  # every item the three deletes chose is gone
+    assert store.catalog.count() == 1000 - len(gone)
     store.save()
     for modality_name, index in store.indexes.items():
         assert index.ntotal == store.catalog.count(modality_name)
@@ -343,7 +349,7 @@ def test_gpu_search_matches_cpu(tmp_path):
         pytest.skip("FAISS sees no GPU")
     store, ids, vectors, _ = _fill(tmp_path / "ix")
     gpu = store.search(vectors[:10], k=10, modality="image")
-    cpu_scores, cpu_ids = fx.search(store.indexes["image"], vectors[:10], 10)
+    cpu_scores, cpu_ids = store.indexes["image"].search(vectors[:10], 10)
     assert [[h.id for h in r] for r in gpu] == cpu_ids.tolist()
 
 

@@ -26,8 +26,18 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from ..config import MAX_PIXELS, MAX_UPLOAD_BYTES
-from ..engine import TARGET_OF, Result
-from ..errors import E5VSearchError, InputError
+from ..engine import Result
+from ..errors import (
+    E5VSearchError,
+    EmbeddingError,
+    IndexBusyError,
+    IndexDamagedError,
+    IndexNotFoundError,
+    IndexWriteError,
+    InputError,
+    ModelLoadError,
+    SpecMismatchError,
+)
 from ..model.images import upright_rgb
 from ..storage.catalog import parse_filters
 from .guards import LOCAL_HOSTS, RequestGuard
@@ -70,12 +80,12 @@ def create_app(
     app.add_middleware(
         RequestGuard, allowed=LOCAL_HOSTS if allowed_hosts is None else allowed_hosts
     )
-    app.state.worker = ModelWorker(engine.encoder, cache_size=text_cache_size)
+    app.state.worker = ModelWorker(engine, cache_size=text_cache_size)
     index = _Index(engine)
 
     @app.exception_handler(E5VSearchError)
     async def library_error(request: Request, error: E5VSearchError):
-        return JSONResponse({"detail": str(error)}, status_code=400)
+        return JSONResponse({"detail": str(error)}, status_code=status_of(error))
 
     _search_routes(app, index, app.state.worker, max_upload_bytes)
     _item_routes(app, index, ThumbnailCache(thumbnail_folder(engine.path), thumbnail_cache_bytes))
@@ -128,8 +138,9 @@ class _Index:
 
 
 def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_bytes: int):
-    def answer(vector, kind: str, k: int, type: str | None, filters: dict, started) -> SearchOut:
-        results = index.search(vector, type or TARGET_OF[kind], k, filters)
+    def answer(query, k: int, type: str | None, filters: dict, started) -> SearchOut:
+        vector, target = query
+        results = index.search(vector, type or target, k, filters)
         return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
 
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
@@ -147,9 +158,7 @@ def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_
         if like is not None:
             results = index.like(like, k, type, filters)
             return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
-        if not q.strip():
-            raise HTTPException(400, "the query text is empty")
-        return answer(worker.embed_text(q), "text", k, type, filters, started)
+        return answer(index.engine.query_vector(q, embedder=worker), k, type, filters, started)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
     async def search_image(
@@ -163,9 +172,9 @@ def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_
         image = await _read_upload(file, max_upload_bytes)
         filters = parse_filters(meta)
         text = text if text and text.strip() else None
-        vector = await _in_thread(worker.embed_image, image, text)
-        kind = "composed" if text else "image"
-        return await _in_thread(answer, vector, kind, k, type, filters, started)
+        query = index.engine.query_vector
+        vector = await _in_thread(lambda: query(text, image, embedder=worker))
+        return await _in_thread(answer, vector, k, type, filters, started)
 
 
 def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
@@ -207,6 +216,21 @@ def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
         if not Path(row["source"]).is_file():
             raise HTTPException(404, f"the file of item {item_id} is gone")
         return FileResponse(row["source"])
+
+
+def status_of(error: E5VSearchError) -> int:
+    """A library error as an HTTP status: the request's fault is a 4xx; the server's own state
+    (a writer holding the lock, a damaged index, media it cannot write, a model that will not
+    load) is a 503 with the message that says what to do; anything else is a real bug, 500."""
+    if isinstance(error, SpecMismatchError | ModelLoadError):
+        return 503
+    if isinstance(error, InputError):
+        return 400
+    if isinstance(error, IndexBusyError | IndexDamagedError | IndexWriteError | IndexNotFoundError):
+        return 503
+    if isinstance(error, EmbeddingError):
+        return 422  # this input gives no finite vector
+    return 500
 
 
 def _out(result) -> ResultOut:

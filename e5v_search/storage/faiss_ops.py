@@ -1,4 +1,5 @@
-"""The FAISS side as plain numpy-in, numpy-out functions (inner product on unit vectors).
+"""The FAISS side as plain numpy-in, numpy-out functions over FAISS indexes (inner product on
+unit vectors); segments.py builds one modality's index from them.
 
 FAISS ids are catalog item ids, never positions: IVF types store them natively, every other type
 is wrapped in `IndexIDMap2`. Files are written atomically (temp file, fsync, `os.replace`).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist, get_invlist_sizes
 
 from ..errors import IndexBuildError
 from ..files import replacing
@@ -36,7 +38,7 @@ def make(factory: str, dim: int) -> faiss.Index:
             "Use a FAISS factory string such as Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64, SQfp16"
         ) from error
     _skip_polysemous_training(index)
-    if _ivf(index) is None:
+    if ivf_of(index) is None:
         index = faiss.IndexIDMap2(index)
     set_search_defaults(index)
     return index
@@ -54,15 +56,15 @@ def _skip_polysemous_training(index) -> None:
         part = getattr(part, "index", None)  # IndexPreTransform wraps the index it feeds
 
 
-def _ivf(index):
+def ivf_of(index):
+    """The IVF index inside `index` (under an id map or a rotation), or None."""
     try:
-        return faiss.extract_index_ivf(getattr(index, "template", index))  # of Segments too
+        return faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
 
 
-def _hnsw(index):
-    index = getattr(index, "template", index)
+def hnsw_of(index):
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     return inner if hasattr(inner, "hnsw") else None
 
@@ -70,19 +72,16 @@ def _hnsw(index):
 def set_search_defaults(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """FAISS's defaults (nprobe 1, efSearch 16) trade too much recall; these keep recall@10 of
     a well-trained index near 0.95 on clustered data (see docs/benchmarks.md)."""
-    if hasattr(index, "set_search"):  # Segments: each segment's index
-        index.set_search(nprobe, ef_search)
-        return
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     if ivf is not None:
         ivf.nprobe = nprobe or min(ivf.nlist, max(16, 2 * round(math.sqrt(ivf.nlist))))
-    hnsw = _hnsw(index)
+    hnsw = hnsw_of(index)
     if hnsw is not None:
         hnsw.hnsw.efSearch = ef_search or 128
 
 
 def search_settings(index) -> dict:
-    ivf, hnsw = _ivf(index), _hnsw(index)
+    ivf, hnsw = ivf_of(index), hnsw_of(index)
     out = {}
     if ivf is not None:
         out["nprobe"] = int(ivf.nprobe)
@@ -95,7 +94,7 @@ def train(index, vectors: np.ndarray, factory: str) -> None:
     """Train `index` on `vectors`; a clear error when they are too few for this type."""
     if index.is_trained:
         return
-    ivf = _ivf(index)
+    ivf = ivf_of(index)
     if ivf is not None and faiss.get_num_gpus() > 0:
         # k-means on the GPU: the slow part of training IVF types with many lists.
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
@@ -132,8 +131,6 @@ def remove(index, ids: np.ndarray) -> bool:
     """Remove ids (absent ones are ignored); False when the type cannot remove (HNSW)."""
     if not len(ids):
         return True
-    if hasattr(index, "remove"):  # Segments mask rather than rewriting sealed segments
-        return index.remove(ids)
     try:
         index.remove_ids(faiss.IDSelectorBatch(ids.astype(np.int64)))
     except RuntimeError:
@@ -143,17 +140,10 @@ def remove(index, ids: np.ndarray) -> bool:
 
 def ids_of(index) -> np.ndarray:
     """Every id an index holds."""
-    if hasattr(index, "ids"):
-        return index.ids()
     if isinstance(index, faiss.IndexIDMap2):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
-    ivf = _ivf(index)
-    invlists = ivf.invlists
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-        for i in range(ivf.nlist)
-        if invlists.list_size(i)
-    ]
+    invlists = ivf_of(index).invlists
+    parts = [get_invlist(invlists, int(i))[0] for i in np.flatnonzero(get_invlist_sizes(invlists))]
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
@@ -162,13 +152,11 @@ def search(index, queries: np.ndarray, k: int, among: np.ndarray | None = None, 
     the search to those ids inside FAISS (an id selector), so k results come back when k exist;
     or pass a FAISS `selector`."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if hasattr(index, "search_among"):
-        return index.search_among(queries, k, among)
     if among is None and selector is None:
         return index.search(queries, k)
     if selector is None:
         selector = faiss.IDSelectorBatch(among.astype(np.int64))
-    ivf, hnsw = _ivf(index), _hnsw(index)
+    ivf, hnsw = ivf_of(index), hnsw_of(index)
     if ivf is not None:
         params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
     elif hnsw is not None:
@@ -240,16 +228,6 @@ def owned(index):
     return faiss.deserialize_index(faiss.serialize_index(index))
 
 
-def to_gpu(index):
-    """A GPU copy for searching when FAISS sees a GPU and supports the type; else None."""
-    if faiss.get_num_gpus() < 1 or hasattr(index, "sealed"):  # Segments: searched on the CPU
-        return None
-    try:
-        return faiss.index_cpu_to_all_gpus(index)
-    except (RuntimeError, AttributeError):
-        return None
-
-
 def _faiss_message(error: Exception) -> str:
     text = str(error)
     match = re.search(r"Error: '.*?' failed: (.*)", text) or re.search(r"Error: (.*)", text)
@@ -272,6 +250,14 @@ def _native_stderr():
         captured.seek(0)
         text.append(captured.read().decode(errors="replace"))
         captured.close()
+
+
+@contextmanager
+def native_output():
+    """FAISS's C++ lines on stdout and stderr ("updating ondisk filename", "resizing ...")
+    kept off the user's terminal."""
+    with _native_stderr(), _native_stdout():
+        yield
 
 
 class _native_stdout:

@@ -1,70 +1,21 @@
-"""The manifest, and the checks of the files it vouches for.
+"""The checks of the files a manifest vouches for, and of the catalog's header.
 
-The manifest (manifest.json) names each modality's index files with their size, a probe (a
-SHA-256 of the file up to 8 MiB, else of 32 blocks spread over it: O(1), checked on every open)
-and a SHA-256 of all of it (`digest`, checked by `verify`, by a writer before it merges a
-segment, and when a file read whole is loaded). It carries a checksum of itself and is written
-twice (manifest.json, then manifest.backup.json), so a damaged copy is known and the other one
-used. The catalog is checked for SQLite's header before SQLite would take an empty or foreign
-file for a new database.
+The manifest names each modality's index files with their size, a probe (a SHA-256 of the file
+up to 8 MiB, else of 32 blocks spread over it: O(1), checked on every open) and a SHA-256 of
+all of it (`digest`, checked by `verify`, by a writer before it merges a segment, and when a
+file read whole is loaded). The catalog is checked for SQLite's header before SQLite would take
+an empty or foreign file for a new database.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from ..errors import IndexDamagedError
-from ..files import sha256_of, write_json
+from ..files import sha256_of
 
-MANIFEST, BACKUP = "manifest.json", "manifest.backup.json"
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    """Both copies, each whole or not written (the first one is what readers follow)."""
-    data = {k: v for k, v in manifest.items() if k != "checksum"}
-    data["checksum"] = _checksum(data)
-    write_json(folder / MANIFEST, data)
-    write_json(folder / BACKUP, data)
-
-
-def read_manifest(folder: Path) -> tuple[dict, str | None]:
-    """The manifest, and what was wrong with it when its first copy could not be used: the
-    backup copy is then used, or nothing ({}) when both are missing or damaged."""
-    manifest, problem = _read(folder / MANIFEST)
-    if problem is None and "checksum" in manifest:
-        return manifest, None  # the usual case: one file read
-    backup, backup_problem = _read(folder / BACKUP)
-    if problem is None and "checksum" in backup:
-        problem = "is damaged (it has lost its checksum)"
-    if problem is None:
-        return manifest, None  # saved before copies and checksums
-    if backup_problem is None:
-        return backup, f"{MANIFEST} {problem}: its copy {BACKUP} was used"
-    if problem == "is missing" and backup_problem == "is missing":
-        return {}, None  # a new index, or one saved before manifests
-    return {}, f"{MANIFEST} {problem} and {BACKUP} {backup_problem}"
-
-
-def _read(path: Path) -> tuple[dict, str | None]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}, "is missing"
-    except (OSError, ValueError) as error:
-        return {}, f"is damaged ({type(error).__name__})"
-    if not isinstance(data, dict):
-        return {}, "is damaged (not an object)"
-    if "checksum" in data and data["checksum"] != _checksum(data):
-        return {}, "is damaged (its checksum differs)"
-    return data, None
-
-
-def _checksum(data: dict) -> str:
-    body = {k: v for k, v in data.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 PROBE_WHOLE = 8 * 2**20  # files up to this size are hashed whole
@@ -97,9 +48,10 @@ def probe(path: Path) -> str:
     return "probe:" + digest.hexdigest()
 
 
-def damage_of(folder: Path, entry: dict) -> str | None:
-    """What is wrong with the files an entry recorded at its save, or None: sizes and probes."""
-    for name, record in (entry.get("files") or {}).items():
+def damage_of(folder: Path, records: dict) -> str | None:
+    """What is wrong with the files recorded at a save ({name: record}), or None: their sizes
+    and probes."""
+    for name, record in records.items():
         file = folder / name
         if not file.exists():
             return f"{name} is missing"

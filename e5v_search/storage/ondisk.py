@@ -131,7 +131,7 @@ def write_lists(empty, shards: list[str], folder: Path, stem: str) -> None:
     `<stem>.faiss`: `empty` (the trained structure) pointing at it."""
     from faiss.contrib.ondisk import merge_ondisk
 
-    with fx._native_stderr(), fx._native_stdout():  # "resizing ..." lines
+    with fx.native_output():  # "resizing ..." lines
         if shards:
             merge_ondisk(empty, shards, str(folder / f"{stem}.ivfdata"))
     fx.save(empty, folder / f"{stem}.faiss")

@@ -15,49 +15,63 @@ kept for later ingests.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from ..errors import IndexBuildError, InputError
+from ..errors import InputError
 from . import ondisk
-from .catalog import MODALITIES
+from .manifest import IndexEntry
 
 GROWTH = 8  # a switch to PQ picks codes that fit 8x the vectors: no rebuild at each doubling
 
 
-def follow(store, budget: int) -> list[str]:
-    """Rebuild what no longer suits `budget` bytes; one line per change, saying why."""
-    counts = {m: store.catalog.count(m) for m in MODALITIES if store.catalog.count(m)}
+@dataclass
+class Change:
+    modality: str
+    was: str  # the type it has
+    factory: str  # the type it should have
+    ondisk: bool
+    count: int
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.modality}: {self.was} -> {self.factory} ({self.count:,} vectors; {self.reason})"
+        )
+
+
+def changes(
+    manifest, counts: dict[str, int], dim: int, budget: int
+) -> tuple[list[Change], list[str]]:
+    """What no longer suits `budget` bytes at these counts (a pure function: the store makes
+    the changes), and lines for what is kept and why."""
     if not counts:
-        return []
+        return [], []
     try:
-        needed = ondisk.plan(counts, store.catalog.dim, budget)
-        roomy = ondisk.plan(counts, store.catalog.dim, budget, growth=GROWTH)
+        needed = ondisk.plan(counts, dim, budget)
+        roomy = ondisk.plan(counts, dim, budget, growth=GROWTH)
     except InputError as error:
-        return [f"index types kept: {error}"]
-    changes = []
+        return [], [f"index types kept: {error}"]
+    out = []
     for modality, need in needed.items():
-        entry = store.manifest.get("indexes", {}).get(modality, {})
-        current = entry.get("factory", "Flat")
+        entry = manifest.indexes.get(modality) or IndexEntry()
         # An index saved before the policy existed: a type other than Flat was someone's choice.
-        chooser = entry.get("chosen_by") or ("policy" if current == "Flat" else "user")
-        if chooser == "user" or _still_fits(current, bool(entry.get("ondisk")), need):
+        chooser = entry.chosen_by or ("policy" if entry.factory == "Flat" else "user")
+        if chooser == "user" or _still_fits(entry.factory, entry.ondisk, need):
             continue
         choice = roomy[modality] if _kind(need.factory) == "PQ" else need
-        if entry.get("failed") == choice.factory:
+        if entry.failed == choice.factory:
             continue  # tried at this size already: too few vectors to train it
-        try:
-            store.rebuild_modality(modality, choice.factory, choice.ondisk)
-        except IndexBuildError as error:
-            entry["failed"] = choice.factory
-            changes.append(f"{modality}: kept {current}; {choice.factory} cannot be built yet "
-                           f"({error})")  # fmt: skip
-            continue
-        entry = store.manifest["indexes"][modality]
-        entry["reason"] = choice.reason
-        if choice.factory != "Flat" and not entry.get("rerank"):
-            entry["rerank"] = ondisk.RERANK  # compressed: rescore candidates exactly
-        what = f"{current} -> {choice.factory}"
-        changes.append(f"{modality}: {what} ({counts[modality]:,} vectors; {choice.reason})")
-    return changes
+        out.append(
+            Change(
+                modality,
+                entry.factory,
+                choice.factory,
+                choice.ondisk,
+                counts[modality],
+                choice.reason,
+            )
+        )
+    return out, []
 
 
 def _kind(factory: str) -> str:

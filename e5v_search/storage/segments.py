@@ -37,6 +37,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist, get_invlist_sizes
 
 from ..errors import IndexDamagedError
 from ..files import write_bytes
@@ -66,9 +67,8 @@ class Segment:
 
 
 class Segments:
-    """Sealed segments, a delta and the template, searched and changed as one FAISS index."""
-
-    is_trained = True
+    """Sealed segments, a delta and the template: one modality's index, searched and changed
+    through its own methods (search, add, remove, ids, set_search)."""
 
     def __init__(self, template, sealed: list[Segment], delta, ondisk: bool, template_name=None):
         self.template = template
@@ -91,8 +91,8 @@ class Segments:
     def mapped(self) -> bool:
         return any(s.written for s in self.sealed)
 
-    def add_with_ids(self, vectors, ids) -> None:
-        self.delta.add_with_ids(vectors, ids)
+    def add(self, ids, vectors) -> None:
+        fx.add(self.delta, ids, vectors)
 
     def remove(self, ids) -> bool:
         """Remove from the delta; mask in the segments that hold them (never rewritten here).
@@ -106,7 +106,7 @@ class Segments:
                 segment.masked = np.union1d(segment.masked, held)
         return True
 
-    def search_among(self, queries, k: int, among=None):
+    def search(self, queries, k: int, among=None):
         """Each segment and the delta searched, their answers checked (a score no index of
         unit vectors gives, or an id the segment does not hold, is damage: IndexDamagedError
         naming the file, before anything is served), merged by score."""
@@ -121,9 +121,6 @@ class Segments:
             return parts[0]
         scores = np.concatenate([p[0] for p in parts], axis=1)
         return fx.top_k(scores, np.concatenate([p[1] for p in parts], axis=1), k)
-
-    def search(self, queries, k: int, params=None):
-        return self.search_among(queries, k)
 
     def _check(self, part, norms, segment: Segment | None) -> None:
         scores, ids = part
@@ -156,6 +153,9 @@ class Segments:
         for index in [self.template, self.delta, *(s.index for s in self.sealed)]:
             fx.set_search_defaults(index, nprobe, ef_search)
 
+    def search_settings(self) -> dict:
+        return fx.search_settings(self.template)
+
     # -- saving: seal, merge, write ------------------------------------------------------------
 
     def save(self, folder: Path, new_name, records: dict | None = None) -> dict:
@@ -186,7 +186,7 @@ class Segments:
             self._replace(chosen, written)
             failpoint("merged")
         delta = new_name("d")
-        if fx._ivf(self.delta) is not None:
+        if fx.ivf_of(self.delta) is not None:
             delta += ".npz"
             write_bytes(folder / delta, lambda f: np.savez(f, **_lists_of(self.delta)))
         else:
@@ -207,7 +207,7 @@ class Segments:
         return vector_bytes(self.template)
 
     def _to_merge(self) -> list[Segment]:
-        if fx._hnsw(self.template) is not None:
+        if fx.hnsw_of(self.template) is not None:
             return []  # FAISS cannot merge graphs (nor remove from them): a rebuild does
         for segment in self.sealed:
             if len(segment.masked) > MASKED_SHARE * len(segment.ids):
@@ -222,22 +222,18 @@ class Segments:
     def _merged(self, segments: list[Segment]):
         """One in-memory index of the segments' live vectors, codes copied as they are."""
         out = emptied(self.template)
-        if fx._ivf(out) is None:
+        if fx.ivf_of(out) is None:
             for segment in segments:
                 part = fx.owned(segment.index)
                 fx.remove(part, np.asarray(segment.masked, dtype=np.int64))
                 out.merge_from(part)
             return out
         for segment in segments:
-            lists = fx._ivf(segment.index).invlists
-            for number in range(lists.nlist):
-                size = lists.list_size(number)
-                if not size:
-                    continue
-                ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
-                codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
+            lists = fx.ivf_of(segment.index).invlists
+            for number in np.flatnonzero(get_invlist_sizes(lists)):
+                ids, codes = get_invlist(lists, int(number))
                 keep = ~_holds(segment.masked, ids)
-                _add_entries(out, number, ids[keep], codes.reshape(size, -1)[keep])
+                _add_entries(out, int(number), ids[keep], codes[keep])
         return out
 
     def _write(self, folder: Path, name: str, index) -> Segment:
@@ -257,9 +253,26 @@ class Segments:
             self.sealed.insert(at, new)
 
 
+def describe(index: Segments, entry, folder: Path) -> dict:
+    """What `info` says of one modality's index (entry: its manifest.IndexEntry)."""
+    return {
+        "factory": entry.factory,
+        "vectors": int(index.ntotal),
+        "bytes": sum(p.stat().st_size for p in entry.paths(folder)),
+        "on_disk": entry.ondisk,
+        "mapped": index.mapped,  # read from its files as searches need
+        "segments": len(index.sealed),
+        "delta": int(index.delta.ntotal),
+        "rerank": entry.rerank,
+        "chosen_by": entry.chosen_by or "policy",
+        "reason": entry.reason,
+        **index.search_settings(),
+    }
+
+
 def vector_bytes(template) -> int:
     """What one vector takes in an index of this trained structure (code, id, overhead)."""
-    ivf = fx._ivf(template)
+    ivf = fx.ivf_of(template)
     if ivf is not None:
         return int(ivf.code_size) + 8
     inner = faiss.downcast_index(getattr(template, "index", template))
@@ -280,7 +293,7 @@ def score_bound(factory: str) -> float:
 def open_segment(folder: Path, name: str, ondisk: bool, masked: np.ndarray) -> Segment:
     file = str(folder / f"{name}.faiss")
     if ondisk:
-        with fx._native_stderr(), fx._native_stdout():  # "updating ondisk filename" lines
+        with fx.native_output():  # "updating ondisk filename" lines
             index = faiss.read_index(file, faiss.IO_FLAG_ONDISK_SAME_DIR)
     else:
         index = fx.load(Path(file), mmap=True)  # never changed: mapped for writers too
@@ -288,79 +301,34 @@ def open_segment(folder: Path, name: str, ondisk: bool, masked: np.ndarray) -> S
     return Segment(name, index, ids, np.asarray(masked, dtype=np.int64))
 
 
-def load(folder: Path, entry: dict) -> Segments:
-    """The segments, delta and masks a manifest entry names; an entry written before segments
-    (one file, or an on-disk base with a delta and a mask) is read as one segment."""
-    if "segments" not in entry:
-        return _load_older(folder, entry)
-    ondisk = bool(entry.get("ondisk"))
-    records = entry.get("files") or {}
-    for name in (entry["template"], entry["delta"], entry["masks"]):  # read whole: checked whole
-        damage = digest_damage(folder, name, records.get(name))
+def load(folder: Path, entry) -> Segments:
+    """The segments, delta and masks a manifest entry (manifest.IndexEntry) names; an entry
+    saved before segments is read by older.py, once, and converted by the next save."""
+    if not entry.template:
+        from .older import load_older
+
+        return load_older(folder, entry)
+    for name in (entry.template, entry.delta, entry.masks):  # read whole: checked whole
+        damage = digest_damage(folder, name, entry.files.get(name))
         if damage:
             raise ValueError(damage)
-    template = fx.load(folder / entry["template"])
-    with np.load(folder / entry["masks"]) as masks:
+    template = fx.load(folder / entry.template)
+    with np.load(folder / entry.masks) as masks:
         sealed = [
-            open_segment(folder, name, ondisk, masks[name] if name in masks else _NO_IDS)
-            for name in entry["segments"]
+            open_segment(folder, name, entry.ondisk, masks[name] if name in masks else _NO_IDS)
+            for name in entry.segments
         ]
-    if entry["delta"].endswith(".npz"):
-        delta = fx.load(folder / entry["template"])  # read again: cheaper than a copy
-        with np.load(folder / entry["delta"]) as data:
-            _fill(delta, data["lists"], data["sizes"], data["ids"], data["codes"])
+    if entry.delta.endswith(".npz"):
+        delta = fx.load(folder / entry.template)  # read again: cheaper than a copy
+        with np.load(folder / entry.delta) as data:
+            fill(delta, data["lists"], data["sizes"], data["ids"], data["codes"])
     else:
-        delta = fx.load(folder / entry["delta"])
-    name = entry["template"].removesuffix(".faiss")
-    segments = Segments(template, sealed, delta, ondisk, template_name=name)
-    segments.delta_name = entry["delta"]
-    settings = entry.get("search") or {}
-    segments.set_search(settings.get("nprobe"), settings.get("ef_search"))
+        delta = fx.load(folder / entry.delta)
+    name = entry.template.removesuffix(".faiss")
+    segments = Segments(template, sealed, delta, entry.ondisk, template_name=name)
+    segments.delta_name = entry.delta
+    segments.set_search(entry.search.get("nprobe"), entry.search.get("ef_search"))
     return segments
-
-
-def _load_older(folder: Path, entry: dict) -> Segments:
-    """One file (`image.faiss`), or an on-disk base `image.g<N>.faiss` with `.delta.npz` (or a
-    Flat `.delta.faiss`) and `.masked.npy`: the file becomes the first segment, as it is."""
-    file = folder / entry["file"]
-    stem = file.name.removesuffix(".faiss")
-    ondisk = bool(entry.get("ondisk"))
-    if ondisk:
-        with fx._native_stderr(), fx._native_stdout():
-            index = faiss.read_index(str(file), faiss.IO_FLAG_ONDISK_SAME_DIR)
-        template = _template_of(file)
-    else:
-        index = fx.load(file, mmap=True)
-        template = emptied(fx.owned(index))  # once: the next save writes a template file
-    mask_file = folder / f"{stem}.masked.npy"
-    masked = np.load(mask_file) if mask_file.exists() else _NO_IDS
-    segment = Segment(stem, index, np.sort(fx.ids_of(index)), masked, ids_written=False)
-    delta = emptied(template)
-    if (folder / f"{stem}.delta.npz").exists():
-        with np.load(folder / f"{stem}.delta.npz") as data:
-            _fill(delta, data["lists"], data["sizes"], data["ids"], data["codes"])
-    if (folder / f"{stem}.delta.faiss").exists():  # a Flat delta, before deltas were compressed
-        flat = fx.load(folder / f"{stem}.delta.faiss")
-        ids = fx.ids_of(flat)
-        fx.add(delta, ids, flat.reconstruct_batch(ids))
-    return Segments(template, [segment], delta, ondisk)
-
-
-def files_of(folder: Path, entry: dict) -> list[Path]:
-    """Every file an index entry uses (for its manifest record, sizes and clean-up)."""
-    if "segments" in entry:
-        names = [entry["template"], entry["delta"], entry["masks"]]
-        for stem in entry["segments"]:
-            names += [f"{stem}.faiss", f"{stem}.ids.npy"]
-            if entry.get("ondisk"):
-                names.append(f"{stem}.ivfdata")
-    else:
-        file = entry.get("file", "")
-        stem = file.removesuffix(".faiss")
-        names = [file] if file else []
-        if entry.get("ondisk"):
-            names += [f"{stem}.{s}" for s in ("ivfdata", "delta.npz", "delta.faiss", "masked.npy")]
-    return [folder / name for name in names if (folder / name).exists()]
 
 
 def failpoint(name: str) -> None:
@@ -403,18 +371,6 @@ def emptied(index):
     return empty
 
 
-def _template_of(base_file: Path):
-    """An on-disk base's trained structure, its lists left on disk unread."""
-    with fx._native_stderr(), fx._native_stdout():
-        template = faiss.read_index(str(base_file), faiss.IO_FLAG_SKIP_IVF_DATA)
-    ivf = fx._ivf(template)
-    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-    ivf.replace_invlists(lists, True)
-    lists.this.disown()  # the index owns and frees it now, not Python
-    ivf.ntotal = template.ntotal = 0
-    return template
-
-
 def write_ids(path: Path, ids: np.ndarray) -> None:
     write_bytes(path, lambda f: np.save(f, np.asarray(ids, dtype=np.int64)))
 
@@ -429,28 +385,21 @@ def _write_ondisk(index, empty, folder: Path, name: str) -> None:
 
 def _lists_of(delta) -> dict[str, np.ndarray]:
     """The delta's non-empty lists: their numbers and sizes, and all ids and codes in order."""
-    invlists = fx._ivf(delta).invlists
-    numbers = [i for i in range(invlists.nlist) if invlists.list_size(i)]
-    sizes = [invlists.list_size(i) for i in numbers]
-    code_size = invlists.code_size
-
-    def gather(get, width, dtype):
-        parts = [
-            faiss.rev_swig_ptr(get(i), n * width).copy()
-            for i, n in zip(numbers, sizes, strict=True)
-        ]
-        return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
-
+    invlists = fx.ivf_of(delta).invlists
+    sizes = get_invlist_sizes(invlists)
+    numbers = np.flatnonzero(sizes)
+    lists = [get_invlist(invlists, int(i)) for i in numbers]
     return {
-        "lists": np.array(numbers, dtype=np.int64),
-        "sizes": np.array(sizes, dtype=np.int64),
-        "ids": gather(invlists.get_ids, 1, np.int64),
-        "codes": gather(invlists.get_codes, code_size, np.uint8),
+        "lists": numbers.astype(np.int64),
+        "sizes": sizes[numbers].astype(np.int64),
+        "ids": np.concatenate([i for i, _ in lists]) if lists else np.empty(0, np.int64),
+        "codes": np.concatenate([c.ravel() for _, c in lists]) if lists else np.empty(0, np.uint8),
     }
 
 
-def _fill(delta, numbers, sizes, ids, codes) -> None:
-    code_size, start = fx._ivf(delta).code_size, 0
+def fill(delta, numbers, sizes, ids, codes) -> None:
+    """Lists (numbers, sizes, and all their ids and codes in order) into an IVF index."""
+    code_size, start = fx.ivf_of(delta).code_size, 0
     for number, size in zip(numbers, sizes, strict=True):
         _add_entries(delta, int(number), ids[start : start + size],
                      codes[start * code_size : (start + size) * code_size])  # fmt: skip
@@ -461,7 +410,7 @@ def _add_entries(index, number: int, ids: np.ndarray, codes: np.ndarray) -> None
     """Append ids and codes to one list of an IVF index (wrapped or not) in memory."""
     if not len(ids):
         return
-    ivf = fx._ivf(index)
+    ivf = fx.ivf_of(index)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     ivf.invlists.add_entries(number, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))

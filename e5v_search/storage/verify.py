@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import commits, segments
-from .integrity import BACKUP, MANIFEST, _read, damage_of, digest_damage, read_manifest
+from . import commits
+from .integrity import damage_of, digest_damage
+from .manifest import Manifest, copy_problems
 
 _ATTEMPTS = 3
 
@@ -27,16 +28,15 @@ _ATTEMPTS = 3
 def verify(store) -> dict:
     started = time.perf_counter()
     for _ in range(_ATTEMPTS):
-        manifest, _problem = read_manifest(store.path)
+        manifest, _problem = Manifest.read(store.path)
         files = _files(store.path, manifest)
-        current, _ = read_manifest(store.path)
-        if current.get("save_id") == manifest.get("save_id"):
+        if Manifest.read(store.path)[0].save_id == manifest.save_id:
             break
     rows, checked, unchecked = store.catalog.damaged()
     integrity = [r[0] for r in store.catalog.conn.execute("PRAGMA integrity_check")]
     report = {
         "path": str(store.path),
-        "manifest": _copies(store.path),
+        "manifest": copy_problems(store.path),
         "files": files,
         "catalog": {
             "integrity": [] if integrity == ["ok"] else integrity,
@@ -49,22 +49,23 @@ def verify(store) -> dict:
         "damaged": dict(store.damaged),
         "bytes": sum(f["bytes"] for f in files) + (store.path / "catalog.sqlite").stat().st_size,
     }
-    if not manifest and store.catalog.count():
+    if not manifest.indexes and store.catalog.count():
         report["manifest"]["indexes"] = "no manifest names the index files"
     report["seconds"] = time.perf_counter() - started
-    report["ok"] = not problems(report)
+    report["problems"] = problems(report)
+    report["ok"] = not report["problems"]
     return report
 
 
-def _files(folder: Path, manifest: dict) -> list[dict]:
+def _files(folder: Path, manifest: Manifest) -> list[dict]:
     out = []
-    for modality, entry in sorted(manifest.get("indexes", {}).items()):
-        records = entry.get("files") or {}
-        for path in segments.files_of(folder, entry):
+    for modality, entry in sorted(manifest.indexes.items()):
+        records = entry.files
+        for path in entry.paths(folder):
             record = records.get(path.name)
             problem = digest_damage(folder, path.name, record)
             if record and "digest" not in record and "sha256" not in record and not problem:
-                problem = damage_of(folder, {"files": {path.name: record}})  # probe only
+                problem = damage_of(folder, {path.name: record})  # probe only
             size = path.stat().st_size if path.exists() else 0
             out.append(
                 {
@@ -75,22 +76,10 @@ def _files(folder: Path, manifest: dict) -> list[dict]:
                     "whole": bool(record and ("digest" in record or "sha256" in record)),
                 }
             )
-        for name in set(records) - {p.name for p in segments.files_of(folder, entry)}:
+        for name in set(records) - {p.name for p in entry.paths(folder)}:
             missing = {"bytes": 0, "problem": f"{name} is missing", "whole": False}
             out.append({"modality": modality, "name": name, **missing})
     return out
-
-
-def _copies(folder: Path) -> dict:
-    """What is wrong with each copy of the manifest. A missing copy is only a problem beside
-    one written with a checksum (copies and checksums came together; older saves had one)."""
-    read = {name: _read(folder / name) for name in (MANIFEST, BACKUP)}
-    paired = any("checksum" in data for data, _ in read.values())
-    return {
-        name: problem
-        for name, (_, problem) in read.items()
-        if problem and (problem != "is missing" or paired)
-    }
 
 
 def problems(report: dict) -> list[str]:
