@@ -21,8 +21,8 @@ import numpy as np
 
 from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
+from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
-from .model.images import IMAGE_EXTENSIONS
 from .spec import Spec
 from .storage.catalog import MODALITIES, metadata_filter
 from .storage.store import Store

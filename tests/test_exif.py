@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from e5v_search.engine import Engine
-from e5v_search.model.images import image_size, load_image
+from e5v_search.images import image_size, load_image
 from e5v_search.serving.app import create_app
 from e5v_search.testing import make_sample_images, pattern_image
 

@@ -5,9 +5,9 @@ import sys
 
 from PIL import Image
 
+from e5v_search.images import image_size, load_image
 from e5v_search.model import prompts
 from e5v_search.model.batching import plan_batches
-from e5v_search.model.images import image_size, load_image
 
 
 def test_batches_cover_every_item_once_and_fit_the_budget():

@@ -156,7 +156,7 @@ def check_encoder(encoder, full, processor) -> CheckReport:
 
 def _recipe_side(full, processor, images, device):
     """The recipe's vectors, (seconds, peak bytes) and token counts for TEXTS and `images`."""
-    from .images import load_image
+    from ..images import load_image
 
     upright = [load_image(path) for _, path in images]
     _recipe(full, processor, TEXTS[:1], [], device)  # warm-up
@@ -228,7 +228,7 @@ def _recipe(model, processor, texts, images, device) -> np.ndarray:
 
 
 def _engine_tokens(encoder, images) -> list[int]:
-    from .images import image_size
+    from ..images import image_size
 
     texts = [len(encoder.tokenizer(prompts.text_prompt(t)).input_ids) for t in TEXTS]
     sizes = [image_size(path) for _, path in images]  # from the header, EXIF applied

@@ -30,10 +30,10 @@ import numpy as np
 
 from ..config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_PIXELS, default_workers
 from ..errors import EmbeddingError, InputError, ModelLoadError
+from ..images import image_size, load_image
 from ..spec import Spec
 from . import checkpoint, prompts
 from .batching import plan_batches
-from .images import image_size, load_image
 from .preprocess import PreparedImage, Preprocessor
 
 PROGRESS_MIN_ITEMS = 64
