@@ -325,19 +325,6 @@ def draw_shape(color: str, shape: str, background: str, rng=None) -> Image.Image
     return image
 
 
-def pattern_image(width: int, height: int) -> Image.Image:
-    """A textured RGB image of any size from integer arithmetic alone, so every numpy and PIL
-    version draws the same pixels: gradients, a checkerboard and a fine texture, where a crop
-    shifted by one pixel shows at once."""
-    import numpy as np
-
-    y, x = np.mgrid[0:height, 0:width].astype(np.int64)
-    red = x * 255 // max(width - 1, 1)
-    green = y * 255 // max(height - 1, 1)
-    blue = ((x // 16 + y // 16) % 2) * 160 + (x * 7 + y * 13 + (x * y) // 31) % 96
-    return Image.fromarray(np.stack([red, green, blue], axis=-1).astype(np.uint8), "RGB")
-
-
 def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5, seed: int = 0):
     """Unit vectors around random cluster centres: like embeddings, unlike uniform noise (on
     which every ANN index looks equally bad)."""

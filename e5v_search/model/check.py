@@ -1,7 +1,7 @@
 """`e5v-search check`: does this machine, with these weights, give E5-V's vectors?
 
 One model object, in the chosen device and dtype, runs both the model card's recipe and the
-engine on the same inputs, and each item's two vectors are compared:
+engine on the same inputs (samples.py), and each item's two vectors are compared:
 
 - texts, the model card's two among them, short and long;
 - images of odd and even sizes (odd anyres remainders, where transformers 5.x alone would give
@@ -31,16 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import prompts
+from .samples import TEXTS, write_images
 
-TEXTS = [
-    "A dog sitting in the grass.",
-    "A cat standing in the snow.",
-    "red",
-    "Two people riding horses next to a river near a large forest under a blue sky, while a "
-    "small dog runs ahead of them through the tall yellow grass towards the water.",
-]
-IMAGE_SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601)]  # (width, height)
-ROTATED_SIZES = [(640, 427), (500, 333)]  # stored sideways with EXIF Orientation 6
 COSINE_MIN = 0.999
 FP32_MAX_DIFF = 1e-5
 QUANTIZED_COSINE_MIN = {"int8": 0.99, "nf4": 0.95}
@@ -132,7 +124,7 @@ def run_check(
     if not quantize:
         return check_encoder(encoder, full, processor)
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
-        images = _make_images(Path(folder))
+        images = write_images(Path(folder))
         recipe = _recipe_side(full, processor, images, full.device)
         del full, encoder  # the full-precision model goes before the quantized one comes
         gc.collect()
@@ -149,7 +141,7 @@ def check_encoder(encoder, full, processor) -> CheckReport:
     """The check on objects already built: `encoder` wraps `full` (the whole
     LlavaNextForConditionalGeneration) and `processor`, which the recipe runs on."""
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
-        images = _make_images(Path(folder))
+        images = write_images(Path(folder))
         recipe = _recipe_side(full, processor, images, encoder.device)
         return _compare(encoder, images, recipe)
 
@@ -190,25 +182,6 @@ def _compare(encoder, images, recipe) -> CheckReport:
         PathTiming("recipe (one per call)", n / theirs_time[0], theirs_time[1]),
     ]
     return report
-
-
-def _make_images(folder: Path) -> list[tuple[tuple[str, str], Path]]:
-    from PIL import Image
-
-    from ..testing import pattern_image
-
-    out = []
-    for width, height in IMAGE_SIZES:
-        path = folder / f"{width}x{height}.png"
-        pattern_image(width, height).save(path)
-        out.append((("image", path.name), path))
-    for width, height in ROTATED_SIZES:
-        exif = Image.Exif()
-        exif[0x0112] = 6  # shown turned 90 degrees clockwise
-        path = folder / f"{width}x{height}-exif6.jpg"
-        pattern_image(height, width).save(path, exif=exif, quality=95)
-        out.append((("rotated image", path.name), path))
-    return out
 
 
 def _engine(encoder, images) -> np.ndarray:
