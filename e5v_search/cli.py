@@ -116,7 +116,7 @@ def _open_engine(index, create=False, **model_args):
 
 
 def _load_encoder(**model_args):
-    from .model.encoder import ModelChoice
+    from .model.loading import ModelChoice
 
     return ModelChoice(**model_args).load()
 

@@ -68,7 +68,7 @@ class IngestReport:
 
 class Engine:
     def __init__(self, store: Store, choice, encoder=None):
-        from .model.encoder import ModelChoice
+        from .model.loading import ModelChoice
 
         self.store = store
         self.choice: ModelChoice = choice
@@ -98,7 +98,7 @@ class Engine:
         `quantize` (int8, nf4) loads the language model quantized (bitsandbytes).
         A write waits up to `lock_timeout` seconds for another process's write to finish,
         calling `on_wait` once with a message naming it."""
-        from .model.encoder import ModelChoice
+        from .model.loading import ModelChoice
 
         choice = ModelChoice(
             str(model), revision, device, dtype, batch_size, max_batch_tokens or MAX_BATCH_TOKENS,

@@ -115,7 +115,8 @@ def run_check(
 ) -> CheckReport:
     import gc
 
-    from .encoder import E5VEncoder, load_pretrained, resolve_device
+    from .encoder import E5VEncoder
+    from .loading import load_pretrained, resolve_device
 
     full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
     # Wrapping repairs a legacy checkpoint (processor and model) for the recipe too.
