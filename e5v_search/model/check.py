@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import prompts
+from .loading import ModelChoice, load_pretrained, resolve_device
 from .samples import TEXTS, write_images
 
 COSINE_MIN = 0.999
@@ -89,16 +90,22 @@ class CheckReport:
         precision = self.dtype + (f" + {self.quantization}" if self.quantization else "")
         out = [f"{self.model} on {self.device}, {precision}; pass: {self.rule}"]
         out += [f"  repaired: {repair}" for repair in self.repairs]
-        out.append(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
-                   f"{'max|diff|':>11}  finite")  # fmt: skip
+        out.append(
+            f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
+            f"{'max|diff|':>11}  finite"
+        )
         for item in self.items:
             mark = "" if self.item_ok(item) else "  <- FAIL"
-            out.append(f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
-                       f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
-                       f"{'yes' if item.finite else 'NO'}{mark}")  # fmt: skip
+            out.append(
+                f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
+                f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
+                f"{'yes' if item.finite else 'NO'}{mark}"
+            )
         memory = "GPU peak" if self.device.startswith("cuda") else "peak RSS growth"
-        out += [f"{t.name}: {t.items_per_s:.1f} items/s, {memory} {gib(t.peak_bytes)}"
-                for t in self.timings]  # fmt: skip
+        out += [
+            f"{t.name}: {t.items_per_s:.1f} items/s, {memory} {gib(t.peak_bytes)}"
+            for t in self.timings
+        ]
         return out
 
     @property
@@ -110,31 +117,37 @@ class CheckReport:
         return f"cosine >= {COSINE_MIN} ({self.dtype})"
 
 
-def run_check(
-    model, revision=None, device="auto", dtype=None, quantize=None, **encoder_options
-) -> CheckReport:
+def run_check(choice: ModelChoice) -> CheckReport:
+    """The check of `choice`: with a `quantize`, the quantized model against the same weights
+    at full precision, else one model running both sides."""
     import gc
 
     from .encoder import E5VEncoder
-    from .loading import load_pretrained, resolve_device
 
-    full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
+    full, processor, revision = load_pretrained(
+        choice.model, choice.revision, choice.device, choice.dtype, full=True
+    )
     # Wrapping repairs a legacy checkpoint (processor and model) for the recipe too.
-    encoder = E5VEncoder(full, processor, model_id=str(model), revision=revision,
-                         **encoder_options)  # fmt: skip
-    if not quantize:
+    encoder = E5VEncoder(
+        full,
+        processor,
+        model_id=str(choice.model),
+        revision=revision,
+        batch_size=choice.batch_size,
+        max_batch_tokens=choice.max_batch_tokens,
+    )
+    if not choice.quantize:
         return check_encoder(encoder, full, processor)
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
         images = write_images(Path(folder))
         recipe = _recipe_side(full, processor, images, full.device)
         del full, encoder  # the full-precision model goes before the quantized one comes
         gc.collect()
-        if resolve_device(device).startswith("cuda"):
+        if resolve_device(choice.device).startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
-        encoder = E5VEncoder.from_pretrained(model, revision, device, dtype, quantize,
-                                             **encoder_options)  # fmt: skip
+        encoder = replace(choice, revision=revision).load()  # the weights the recipe ran
         return _compare(encoder, images, recipe)
 
 
@@ -162,8 +175,13 @@ def _recipe_side(full, processor, images, device):
 
 def _compare(encoder, images, recipe) -> CheckReport:
     theirs, theirs_time, recipe_tokens = recipe
-    report = CheckReport(encoder.model_id, str(encoder.device), str(encoder.dtype).split(".")[-1],
-                         encoder.repairs, quantization=encoder.quantization)  # fmt: skip
+    report = CheckReport(
+        encoder.model_id,
+        str(encoder.device),
+        str(encoder.dtype).split(".")[-1],
+        encoder.repairs,
+        quantization=encoder.quantization,
+    )
     encoder.embed_texts(TEXTS[:1])  # warm-up
     ours, ours_time = _timed(encoder.device, lambda: _engine(encoder, images))
     tokens = _engine_tokens(encoder, images)
@@ -173,10 +191,10 @@ def _compare(encoder, images, recipe) -> CheckReport:
     for i, (kind, name) in enumerate(names):
         a, b = ours[i], theirs[i]
         finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
-        report.items.append(ItemCheck(kind, name, tokens[i], recipe_tokens[i],
-                                      float(a @ b) if finite else float("nan"),
-                                      float(np.abs(a - b).max()) if finite else float("nan"),
-                                      finite))  # fmt: skip
+        cosine = float(a @ b) if finite else float("nan")
+        max_diff = float(np.abs(a - b).max()) if finite else float("nan")
+        item = ItemCheck(kind, name, tokens[i], recipe_tokens[i], cosine, max_diff, finite)
+        report.items.append(item)
     n = len(names)
     report.timings = [
         PathTiming("engine (batched)", n / ours_time[0], ours_time[1]),
