@@ -299,7 +299,7 @@ class E5VEncoder:
         if first.prompt == prompts.IMAGE_PROMPT:
             batch = [_Request("", 0, image=self.prepare_image(r.image)) for r in batch]
         if isinstance(batch[0].image, PreparedImage):
-            return self._collate([r.image for r in batch])
+            return self.image_inputs([r.image for r in batch])
         return self.processor(  # composed queries and other image prompts
             text=[r.prompt for r in batch],
             images=[load_image(r.image) for r in batch],
@@ -308,9 +308,19 @@ class E5VEncoder:
             return_tensors="pt",
         )
 
-    def _collate(self, images: list[PreparedImage]) -> dict:
+    def text_inputs(self, texts: list[str]) -> dict:
+        """Model inputs for `texts` in E5-V's text prompt, as `embed_texts` batches them: CPU
+        tensors padded on the right, for `pool` (training the tiny model builds its batches so)."""
+        texts = _as_list(texts, str, "texts")
+        encoded = self._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
+        return _right_pad([ids for _, ids in encoded], self.tokenizer.pad_token_id)
+
+    def image_inputs(self, images: list) -> dict:
+        """Model inputs for images (PreparedImage, or paths and PIL images, prepared here) in
+        E5-V's image prompt, as `embed_images` batches them: CPU tensors for `pool`."""
         import torch
 
+        images = [i if isinstance(i, PreparedImage) else self.prepare_image(i) for i in images]
         inputs = _right_pad(
             [self.preprocessor.image_prompt_ids(p) for p in images], self.tokenizer.pad_token_id
         )
