@@ -275,8 +275,14 @@ def make_sample_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-COLORS = {"red": (200, 30, 30), "green": (40, 160, 60), "blue": (30, 60, 200),
-          "yellow": (220, 200, 40), "black": (20, 20, 20), "white": (250, 250, 250)}  # fmt: skip
+COLORS = {
+    "red": (200, 30, 30),
+    "green": (40, 160, 60),
+    "blue": (30, 60, 200),
+    "yellow": (220, 200, 40),
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+}
 SHAPES = ("circle", "square", "triangle", "stripe")
 BACKGROUNDS = {"grey": (128, 128, 128), "pale": (240, 235, 220)}
 
@@ -293,9 +299,9 @@ def make_sample_corpus(folder: str | Path) -> dict[str, Path]:
                 path = folder / "images" / background / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 draw_shape(color, shape, background).save(path)
-                captions.append({"text": f"A {color} {shape} on a {background} background.",
-                                 "image": f"images/{background}/{name}", "color": color,
-                                 "shape": shape})  # fmt: skip
+                text = f"A {color} {shape} on a {background} background."
+                image = f"images/{background}/{name}"
+                captions.append({"text": text, "image": image, "color": color, "shape": shape})
     lines = [json.dumps(c) for c in captions]
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return {"images": folder / "images", "captions": folder / "captions.jsonl"}
