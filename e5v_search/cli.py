@@ -26,7 +26,18 @@ from .errors import E5VSearchError, InputError
 
 
 def model_options(command):
-    """Options every command that loads the model shares, each also read from the environment."""
+    """Options every command that loads the model shares, each also read from the environment;
+    the command gets them as one ModelChoice, its `choice` argument."""
+
+    @functools.wraps(command)
+    def with_choice(*args, **kwargs):
+        from dataclasses import fields
+
+        from .model.loading import ModelChoice
+
+        choice = ModelChoice(**{f.name: kwargs.pop(f.name) for f in fields(ModelChoice)})
+        return command(*args, choice=choice, **kwargs)
+
     options = [
         click.option(
             "--model",
@@ -71,7 +82,7 @@ def model_options(command):
             help="Token budget of one forward pass (padded tokens; an image is 1,176-2,928).",
         ),
     ]
-    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), with_choice)
 
 
 def index_option(command):
@@ -102,7 +113,7 @@ def lock_option(command):
     )(command)
 
 
-def _open_engine(index, create=False, **model_args):
+def _open_engine(index, create=False, choice=None):
     from .engine import Engine
 
     meta = click.get_current_context().meta
@@ -111,14 +122,8 @@ def _open_engine(index, create=False, **model_args):
         create=create,
         lock_timeout=meta.get("lock_timeout"),
         on_wait=lambda message: click.echo(f"{message} ...", err=True),
-        **model_args,
+        choice=choice,
     )
-
-
-def _load_encoder(**model_args):
-    from .model.encoder import ModelChoice
-
-    return ModelChoice(**model_args).load()
 
 
 def _errors_to_click(function):
@@ -153,7 +158,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
 @model_options
 @_errors_to_click
-def similarity(texts, images, as_json, **model_args):
+def similarity(texts, images, as_json, choice):
     """Cosine similarity of every TEXT with every IMAGE, as the E5-V model card prints it.
 
     \b
@@ -163,7 +168,7 @@ def similarity(texts, images, as_json, **model_args):
     """
     if not texts or not images:
         raise click.UsageError("give at least one --text and one --image")
-    encoder = _load_encoder(**model_args)
+    encoder = choice.load()
     matrix = encoder.embed_texts(list(texts)) @ encoder.embed_images(list(images)).T
     if as_json:
         rows = {"texts": list(texts), "images": list(images), "similarity": matrix.tolist()}
@@ -181,7 +186,7 @@ def similarity(texts, images, as_json, **model_args):
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
 @model_options
 @_errors_to_click
-def check(as_json, **model_args):
+def check(as_json, choice):
     """Check that this machine and these weights give E5-V's vectors. Run it first.
 
     The model card's recipe and the engine embed the same texts and images (odd and even sizes,
@@ -198,8 +203,7 @@ def check(as_json, **model_args):
 
     from .model.check import run_check
 
-    options = {k: model_args.pop(k) for k in ("batch_size", "max_batch_tokens")}
-    report = run_check(**model_args, **options)
+    report = run_check(choice)
     if as_json:
         click.echo(json.dumps({**asdict(report), "rule": report.rule, "ok": not report.failures}))
     else:
@@ -236,8 +240,22 @@ def check(as_json, **model_args):
               help="Embedding actors when there is no GPU.")  # fmt: skip
 @model_options
 @_errors_to_click
-def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, max_memory, quiet,
-           use_ray, address, gpus, ray_actors, **model_args):  # fmt: skip
+def ingest(
+    sources,
+    index,
+    text_field,
+    id_field,
+    prune,
+    workers,
+    max_pixels,
+    max_memory,
+    quiet,
+    use_ray,
+    address,
+    gpus,
+    ray_actors,
+    choice,
+):
     """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
 
     Reruns embed only what is new or changed; a killed run continues where it stopped. Each
@@ -257,7 +275,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, max
         ray = {"address": address, "gpus": gpus, "cpu_actors": ray_actors}
     elif address or gpus is not None:
         raise click.UsageError("--address and --gpus go with --ray")
-    with _open_engine(index, create=True, **model_args) as engine:
+    with _open_engine(index, create=True, choice=choice) as engine:
         _echo_notices(engine)
         report = engine.ingest(
             sources,
@@ -307,9 +325,7 @@ def ingest(sources, index, text_field, id_field, prune, workers, max_pixels, max
 @index_option
 @model_options
 @_errors_to_click
-def search(
-    query, image, like, modality, k, where, meta, add, subtract, as_json, index, **model_args
-):
+def search(query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice):
     """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
 
     \b
@@ -321,7 +337,7 @@ def search(
     filters = _filters(meta)
     if where and filters:
         raise click.UsageError("use --where or --meta, not both")
-    with _open_engine(index, **model_args) as engine:
+    with _open_engine(index, choice=choice) as engine:
         results = engine.search(
             query, image, like=like, k=k, modality=modality, where=where or filters or None,
             add=add, subtract=subtract,
@@ -567,7 +583,7 @@ def errors(index, as_json):
 )
 @model_options
 @_errors_to_click
-def serve(index, host, port, allowed, max_upload_mb, **model_args):
+def serve(index, host, port, allowed, max_upload_mb, choice):
     """Serve the search page and JSON API (OpenAPI docs at /docs), the model loaded once.
 
     Listens on localhost unless --host says otherwise. Answers only requests whose Host header
@@ -595,7 +611,7 @@ def serve(index, host, port, allowed, max_upload_mb, **model_args):
             )
         from .serving.app import create_app
 
-        engine = _open_engine(index, **model_args)
+        engine = _open_engine(index, choice=choice)
         app = create_app(
             engine,
             max_upload_bytes=max_upload_mb * 2**20,
@@ -618,10 +634,10 @@ def evaluate():
     """Measure retrieval: the paper's Recall@K table, composed retrieval, index recall."""
 
 
-def _eval_engine(index, model_args):
+def _eval_engine(index, choice):
     from .evaluation import open_index
 
-    return open_index(index, **model_args)
+    return open_index(index, choice)
 
 
 @evaluate.command()
@@ -637,7 +653,7 @@ def _eval_engine(index, model_args):
 @click.option("--index", help="Keep the embeddings in this index directory (default: throwaway).")
 @model_options
 @_errors_to_click
-def retrieval(images, captions, split, image_field, caption_field, paper, index, **model_args):
+def retrieval(images, captions, split, image_field, caption_field, paper, index, choice):
     """Text->image and image->text Recall@1/5/10 on a captioned image set (Flickr30K, COCO...).
 
     \b
@@ -647,7 +663,7 @@ def retrieval(images, captions, split, image_field, caption_field, paper, index,
     from .evaluation import evaluate_retrieval, load_pairs
 
     pairs = load_pairs(captions, split, image_field, caption_field)
-    with _eval_engine(index, model_args) as engine:
+    with _eval_engine(index, choice) as engine:
         report = evaluate_retrieval(engine, pairs, images)
         _echo_notices(engine)
     report.paper = paper or report.paper
@@ -661,11 +677,11 @@ def retrieval(images, captions, split, image_field, caption_field, paper, index,
 @click.option("--index", help="Keep the embeddings in this index directory (default: throwaway).")
 @model_options
 @_errors_to_click
-def composed(images, triples, index, **model_args):
+def composed(images, triples, index, choice):
     """Composed image+text retrieval (CIRR-style) Recall@1/5/10, reference excluded."""
     from .evaluation import evaluate_composed, load_triples
 
-    with _eval_engine(index, model_args) as engine:
+    with _eval_engine(index, choice) as engine:
         report = evaluate_composed(engine, load_triples(triples), images)
         _echo_notices(engine)
     click.echo(report.table())

@@ -21,8 +21,9 @@ import numpy as np
 
 from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
+from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
-from .model.images import IMAGE_EXTENSIONS
+from .model.loading import ModelChoice
 from .spec import Spec
 from .storage.catalog import MODALITIES, metadata_filter
 from .storage.store import Store
@@ -67,9 +68,7 @@ class IngestReport:
 
 
 class Engine:
-    def __init__(self, store: Store, choice, encoder=None):
-        from .model.encoder import ModelChoice
-
+    def __init__(self, store: Store, choice: ModelChoice, encoder=None):
         self.store = store
         self.choice: ModelChoice = choice
         self._encoder = encoder
@@ -93,17 +92,25 @@ class Engine:
         lock_timeout: float | None = None,
         on_wait=None,
         quantize: str | None = None,
+        choice: ModelChoice | None = None,
     ) -> Engine:
-        """Open (or with `create`, make) the index at `path`. `encoder` reuses a loaded one;
-        `quantize` (int8, nf4) loads the language model quantized (bitsandbytes).
-        A write waits up to `lock_timeout` seconds for another process's write to finish,
-        calling `on_wait` once with a message naming it."""
-        from .model.encoder import ModelChoice
-
-        choice = ModelChoice(
-            str(model), revision, device, dtype, batch_size, max_batch_tokens or MAX_BATCH_TOKENS,
-            quantize,
-        )  # fmt: skip
+        """Open (or with `create`, make) the index at `path`. The model to load when something
+        must be embedded: `choice` (a ModelChoice), or its options one by one (`model`,
+        `revision`, ...; `quantize`: int8 or nf4, the language model quantized by bitsandbytes),
+        not both. `encoder` reuses a loaded one. A write waits up to `lock_timeout` seconds for
+        another process's write to finish, calling `on_wait` once with a message naming it."""
+        options = ModelChoice(
+            model=str(model),
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens or MAX_BATCH_TOKENS,
+            quantize=quantize,
+        )
+        if choice is not None and options != ModelChoice():
+            raise InputError("give the model as `choice` or as its options, not both")
+        choice = choice or options
         store = Store.open(path, create=create, lock_timeout=lock_timeout, on_wait=on_wait)
         return cls(store, choice, encoder)
 

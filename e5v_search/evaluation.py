@@ -149,15 +149,15 @@ def _karpathy(path: Path, split: str) -> Pairs:
 # -- runs ------------------------------------------------------------------------------------
 
 
-def open_index(index, model: str, **options):
-    """The engine for an evaluation: an index (a name for indexes/NAME or a directory, as every
-    command takes it; kept, so reruns skip embedding) or a throwaway one in a temporary
-    directory."""
+def open_index(index, choice):
+    """The engine for an evaluation with the model `choice` (a ModelChoice): an index (a name
+    for indexes/NAME or a directory, as every command takes it; kept, so reruns skip embedding)
+    or a throwaway one in a temporary directory."""
     from .config import index_path
     from .engine import Engine
 
     path = index_path(index) if index else Path(tempfile.mkdtemp(prefix="e5v-eval-"))
-    return Engine.open(path, model=model, create=True, **options)
+    return Engine.open(path, create=True, choice=choice)
 
 
 def evaluate_retrieval(engine, pairs: Pairs, images_dir: str | Path, progress=None) -> Report:

@@ -1,8 +1,9 @@
 """What a vector depends on: the spec an index records and every query and ingest must match.
 
-One frozen type, built by `Spec.of` (from a loaded encoder or from a checkpoint's config alone),
-stored in the catalog as a JSON object, and compared by `check` (the only place the rules live).
-Light on purpose: the storage layer uses it without the model.
+One frozen type, made by the model layer (`model.loading.vector_spec`, from a loaded encoder or
+from a checkpoint's config alone), stored in the catalog as a JSON object, and compared by
+`check` (the only place the rules live). Light on purpose: it imports nothing of the model, and
+the storage layer uses it without one.
 """
 
 from __future__ import annotations
@@ -27,28 +28,6 @@ class Spec:
     fingerprint: str | None = None  # of the weights: checkpoint.fingerprint
     transformers: str | None = None
     quantization: str | None = None  # int8, nf4: how the language model's weights were loaded
-
-    @classmethod
-    def of(
-        cls, model, revision, fingerprint, dim, dtype, prompt_version=None, quantization=None
-    ) -> Spec:
-        """The spec of vectors made by `model` (its revision and weights' fingerprint) in
-        `dtype` (a torch dtype or its name), quantized or not, with this transformers and
-        E5-V's prompts."""
-        import transformers
-
-        from .model.prompts import PROMPT_VERSION
-
-        return cls(
-            model=str(model),
-            revision=revision,
-            fingerprint=fingerprint,
-            dim=int(dim),
-            dtype=str(dtype).removeprefix("torch."),
-            prompt_version=prompt_version or PROMPT_VERSION,
-            transformers=transformers.__version__,
-            quantization=quantization,
-        )
 
     @classmethod
     def from_dict(cls, data: dict) -> Spec:

@@ -275,8 +275,14 @@ def make_sample_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-COLORS = {"red": (200, 30, 30), "green": (40, 160, 60), "blue": (30, 60, 200),
-          "yellow": (220, 200, 40), "black": (20, 20, 20), "white": (250, 250, 250)}  # fmt: skip
+COLORS = {
+    "red": (200, 30, 30),
+    "green": (40, 160, 60),
+    "blue": (30, 60, 200),
+    "yellow": (220, 200, 40),
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+}
 SHAPES = ("circle", "square", "triangle", "stripe")
 BACKGROUNDS = {"grey": (128, 128, 128), "pale": (240, 235, 220)}
 
@@ -293,9 +299,9 @@ def make_sample_corpus(folder: str | Path) -> dict[str, Path]:
                 path = folder / "images" / background / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 draw_shape(color, shape, background).save(path)
-                captions.append({"text": f"A {color} {shape} on a {background} background.",
-                                 "image": f"images/{background}/{name}", "color": color,
-                                 "shape": shape})  # fmt: skip
+                text = f"A {color} {shape} on a {background} background."
+                image = f"images/{background}/{name}"
+                captions.append({"text": text, "image": image, "color": color, "shape": shape})
     lines = [json.dumps(c) for c in captions]
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return {"images": folder / "images", "captions": folder / "captions.jsonl"}
@@ -323,19 +329,6 @@ def draw_shape(color: str, shape: str, background: str, rng=None) -> Image.Image
         top, bottom = at(0, 45)[1], at(0, 75)[1]
         draw.rectangle([0, top, 160, bottom], fill=fill)
     return image
-
-
-def pattern_image(width: int, height: int) -> Image.Image:
-    """A textured RGB image of any size from integer arithmetic alone, so every numpy and PIL
-    version draws the same pixels: gradients, a checkerboard and a fine texture, where a crop
-    shifted by one pixel shows at once."""
-    import numpy as np
-
-    y, x = np.mgrid[0:height, 0:width].astype(np.int64)
-    red = x * 255 // max(width - 1, 1)
-    green = y * 255 // max(height - 1, 1)
-    blue = ((x // 16 + y // 16) % 2) * 160 + (x * 7 + y * 13 + (x * y) // 31) % 96
-    return Image.fromarray(np.stack([red, green, blue], axis=-1).astype(np.uint8), "RGB")
 
 
 def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5, seed: int = 0):

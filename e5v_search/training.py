@@ -94,8 +94,8 @@ def train(
         combos = rng.sample(seen, batch)
         texts = [caption(*combo, rng.randrange(len(TEMPLATES))) for combo in combos]
         images = [draw_shape(*combo, rng=rng) for combo in combos]
-        text_vectors = encoder.pool(_text_inputs(encoder, texts))
-        image_vectors = encoder.pool(encoder._collate([encoder.prepare_image(i) for i in images]))
+        text_vectors = encoder.pool(encoder.text_inputs(texts))
+        image_vectors = encoder.pool(encoder.image_inputs(images))
         logits = text_vectors @ image_vectors.T / TEMPERATURE
         target = torch.arange(batch)
         loss = (
@@ -123,14 +123,6 @@ def train(
     _make_legacy_configs(path)
     (path / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
-
-
-def _text_inputs(encoder, texts: list[str]) -> dict:
-    from .model import prompts
-    from .model.encoder import _right_pad
-
-    encoded = encoder._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
-    return _right_pad([ids for _, ids in encoded], encoder.tokenizer.pad_token_id)
 
 
 def _top1(encoder) -> dict:

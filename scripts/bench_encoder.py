@@ -217,7 +217,7 @@ def e5v_weights_table() -> str:
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128320,
     ))  # fmt: skip
-    from e5v_search.model.encoder import estimated_parameters
+    from e5v_search.model.loading import estimated_parameters
 
     total = estimated_parameters(config)
     t = config.text_config

@@ -5,7 +5,7 @@
 E5-V was trained and evaluated with transformers 4.41.2, so its `LlavaNextImageProcessor` (real
 geometry: 336-px crops, the real pinpoints, bicubic, CLIP mean and std) is the truth for pixels.
 This script builds a throwaway venv with transformers==4.41.2, runs that processor there on
-`testing.pattern_image` at each size below, and writes:
+`model.samples.pattern_image` at each size below, and writes:
 
 - anyres-4.41.2.json: per size, the number of crops and a SHA-256 per crop of its pixels as
   uint8 (normalisation undone: the crops are resized uint8 images, so this is exact);
@@ -61,7 +61,7 @@ def record(out: Path) -> None:
     from transformers import LlavaNextImageProcessor
 
     sys.path.insert(0, str(ROOT))
-    from e5v_search.testing import pattern_image
+    from e5v_search.model.samples import pattern_image
 
     assert transformers.__version__ == VERSION, transformers.__version__
     processor = LlavaNextImageProcessor(

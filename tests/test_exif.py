@@ -9,9 +9,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from e5v_search.engine import Engine
-from e5v_search.model.images import image_size, load_image
+from e5v_search.images import image_size, load_image
+from e5v_search.model.samples import pattern_image
 from e5v_search.serving.app import create_app
-from e5v_search.testing import make_sample_images, pattern_image
+from e5v_search.testing import make_sample_images
 
 ROTATE_90_CW = 6  # what a phone held upright writes
 

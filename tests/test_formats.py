@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from e5v_search.engine import Engine
-from e5v_search.model.images import IMAGE_EXTENSIONS, load_image
+from e5v_search.images import IMAGE_EXTENSIONS, load_image
 from e5v_search.serving.app import create_app
 from e5v_search.testing import draw_shape
 

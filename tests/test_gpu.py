@@ -19,7 +19,7 @@ SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601), (1000, 300
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_mixed_length_batches_equal_the_items_alone(dtype, real_geometry_dir, texts, tmp_path):
     from e5v_search.model.encoder import E5VEncoder
-    from e5v_search.testing import pattern_image
+    from e5v_search.model.samples import pattern_image
 
     encoder = E5VEncoder.from_pretrained(str(real_geometry_dir), device="cuda", dtype=dtype)
     assert str(encoder.dtype) == f"torch.{dtype}"

@@ -22,10 +22,10 @@ from e5v_search import files
 from e5v_search.config import MAX_JSON_DEPTH, MAX_LINE_BYTES
 from e5v_search.engine import Engine
 from e5v_search.errors import InputError, NotRegularFileError
+from e5v_search.images import image_size, load_image
 from e5v_search.ingest.sources import SourceError, SourceItem, scan, text_hash
 from e5v_search.model import encoder as encoder_module
 from e5v_search.model import prompts
-from e5v_search.model.images import image_size, load_image
 
 FIFO = "is a fifo, not a regular file"
 ZERO = "is a link to a character device, not a regular file"

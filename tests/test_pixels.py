@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from e5v_search.model.preprocess import Preprocessor
-from e5v_search.testing import pattern_image
+from e5v_search.model.samples import pattern_image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))

@@ -5,9 +5,9 @@ import sys
 
 from PIL import Image
 
+from e5v_search.images import image_size, load_image
 from e5v_search.model import prompts
 from e5v_search.model.batching import plan_batches
-from e5v_search.model.images import image_size, load_image
 
 
 def test_batches_cover_every_item_once_and_fit_the_budget():
@@ -116,7 +116,7 @@ def test_the_pixel_cap_refuses_before_decoding(tmp_path):
 def test_a_checkpoint_too_big_for_fp32_in_ram_loads_in_bf16_on_a_cpu():
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
 
-    from e5v_search.model.encoder import cpu_dtype, estimated_parameters
+    from e5v_search.model.loading import cpu_dtype, estimated_parameters
 
     e5v = LlavaNextConfig(
         text_config=LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..config import MAX_JSON_DEPTH, MAX_LINE_BYTES
 from ..errors import NotRegularFileError
 from ..files import check_regular, open_regular
-from ..model.images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv")
 DEFAULT_TEXT_FIELD = "text"

@@ -1,7 +1,7 @@
 """`e5v-search check`: does this machine, with these weights, give E5-V's vectors?
 
 One model object, in the chosen device and dtype, runs both the model card's recipe and the
-engine on the same inputs, and each item's two vectors are compared:
+engine on the same inputs (samples.py), and each item's two vectors are compared:
 
 - texts, the model card's two among them, short and long;
 - images of odd and even sizes (odd anyres remainders, where transformers 5.x alone would give
@@ -25,22 +25,15 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import prompts
+from .loading import ModelChoice, load_pretrained, resolve_device
+from .samples import TEXTS, write_images
 
-TEXTS = [
-    "A dog sitting in the grass.",
-    "A cat standing in the snow.",
-    "red",
-    "Two people riding horses next to a river near a large forest under a blue sky, while a "
-    "small dog runs ahead of them through the tall yellow grass towards the water.",
-]
-IMAGE_SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601)]  # (width, height)
-ROTATED_SIZES = [(640, 427), (500, 333)]  # stored sideways with EXIF Orientation 6
 COSINE_MIN = 0.999
 FP32_MAX_DIFF = 1e-5
 QUANTIZED_COSINE_MIN = {"int8": 0.99, "nf4": 0.95}
@@ -97,16 +90,22 @@ class CheckReport:
         precision = self.dtype + (f" + {self.quantization}" if self.quantization else "")
         out = [f"{self.model} on {self.device}, {precision}; pass: {self.rule}"]
         out += [f"  repaired: {repair}" for repair in self.repairs]
-        out.append(f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
-                   f"{'max|diff|':>11}  finite")  # fmt: skip
+        out.append(
+            f"{'kind':<14}{'item':<32}{'tokens':>7}{'recipe':>8}{'cosine':>11}"
+            f"{'max|diff|':>11}  finite"
+        )
         for item in self.items:
             mark = "" if self.item_ok(item) else "  <- FAIL"
-            out.append(f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
-                       f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
-                       f"{'yes' if item.finite else 'NO'}{mark}")  # fmt: skip
+            out.append(
+                f"{item.kind:<14}{item.name:<32}{item.tokens:>7}{item.recipe_tokens:>8}"
+                f"{item.cosine:>11.6f}{item.max_diff:>11.2e}  "
+                f"{'yes' if item.finite else 'NO'}{mark}"
+            )
         memory = "GPU peak" if self.device.startswith("cuda") else "peak RSS growth"
-        out += [f"{t.name}: {t.items_per_s:.1f} items/s, {memory} {gib(t.peak_bytes)}"
-                for t in self.timings]  # fmt: skip
+        out += [
+            f"{t.name}: {t.items_per_s:.1f} items/s, {memory} {gib(t.peak_bytes)}"
+            for t in self.timings
+        ]
         return out
 
     @property
@@ -118,30 +117,37 @@ class CheckReport:
         return f"cosine >= {COSINE_MIN} ({self.dtype})"
 
 
-def run_check(
-    model, revision=None, device="auto", dtype=None, quantize=None, **encoder_options
-) -> CheckReport:
+def run_check(choice: ModelChoice) -> CheckReport:
+    """The check of `choice`: with a `quantize`, the quantized model against the same weights
+    at full precision, else one model running both sides."""
     import gc
 
-    from .encoder import E5VEncoder, load_pretrained, resolve_device
+    from .encoder import E5VEncoder
 
-    full, processor, revision = load_pretrained(model, revision, device, dtype, full=True)
+    full, processor, revision = load_pretrained(
+        choice.model, choice.revision, choice.device, choice.dtype, full=True
+    )
     # Wrapping repairs a legacy checkpoint (processor and model) for the recipe too.
-    encoder = E5VEncoder(full, processor, model_id=str(model), revision=revision,
-                         **encoder_options)  # fmt: skip
-    if not quantize:
+    encoder = E5VEncoder(
+        full,
+        processor,
+        model_id=str(choice.model),
+        revision=revision,
+        batch_size=choice.batch_size,
+        max_batch_tokens=choice.max_batch_tokens,
+    )
+    if not choice.quantize:
         return check_encoder(encoder, full, processor)
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
-        images = _make_images(Path(folder))
+        images = write_images(Path(folder))
         recipe = _recipe_side(full, processor, images, full.device)
         del full, encoder  # the full-precision model goes before the quantized one comes
         gc.collect()
-        if resolve_device(device).startswith("cuda"):
+        if resolve_device(choice.device).startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
-        encoder = E5VEncoder.from_pretrained(model, revision, device, dtype, quantize,
-                                             **encoder_options)  # fmt: skip
+        encoder = replace(choice, revision=revision).load()  # the weights the recipe ran
         return _compare(encoder, images, recipe)
 
 
@@ -149,14 +155,14 @@ def check_encoder(encoder, full, processor) -> CheckReport:
     """The check on objects already built: `encoder` wraps `full` (the whole
     LlavaNextForConditionalGeneration) and `processor`, which the recipe runs on."""
     with tempfile.TemporaryDirectory(prefix="e5v-check-") as folder:
-        images = _make_images(Path(folder))
+        images = write_images(Path(folder))
         recipe = _recipe_side(full, processor, images, encoder.device)
         return _compare(encoder, images, recipe)
 
 
 def _recipe_side(full, processor, images, device):
     """The recipe's vectors, (seconds, peak bytes) and token counts for TEXTS and `images`."""
-    from .images import load_image
+    from ..images import load_image
 
     upright = [load_image(path) for _, path in images]
     _recipe(full, processor, TEXTS[:1], [], device)  # warm-up
@@ -169,8 +175,13 @@ def _recipe_side(full, processor, images, device):
 
 def _compare(encoder, images, recipe) -> CheckReport:
     theirs, theirs_time, recipe_tokens = recipe
-    report = CheckReport(encoder.model_id, str(encoder.device), str(encoder.dtype).split(".")[-1],
-                         encoder.repairs, quantization=encoder.quantization)  # fmt: skip
+    report = CheckReport(
+        encoder.model_id,
+        str(encoder.device),
+        str(encoder.dtype).split(".")[-1],
+        encoder.repairs,
+        quantization=encoder.quantization,
+    )
     encoder.embed_texts(TEXTS[:1])  # warm-up
     ours, ours_time = _timed(encoder.device, lambda: _engine(encoder, images))
     tokens = _engine_tokens(encoder, images)
@@ -180,35 +191,16 @@ def _compare(encoder, images, recipe) -> CheckReport:
     for i, (kind, name) in enumerate(names):
         a, b = ours[i], theirs[i]
         finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
-        report.items.append(ItemCheck(kind, name, tokens[i], recipe_tokens[i],
-                                      float(a @ b) if finite else float("nan"),
-                                      float(np.abs(a - b).max()) if finite else float("nan"),
-                                      finite))  # fmt: skip
+        cosine = float(a @ b) if finite else float("nan")
+        max_diff = float(np.abs(a - b).max()) if finite else float("nan")
+        item = ItemCheck(kind, name, tokens[i], recipe_tokens[i], cosine, max_diff, finite)
+        report.items.append(item)
     n = len(names)
     report.timings = [
         PathTiming("engine (batched)", n / ours_time[0], ours_time[1]),
         PathTiming("recipe (one per call)", n / theirs_time[0], theirs_time[1]),
     ]
     return report
-
-
-def _make_images(folder: Path) -> list[tuple[tuple[str, str], Path]]:
-    from PIL import Image
-
-    from ..testing import pattern_image
-
-    out = []
-    for width, height in IMAGE_SIZES:
-        path = folder / f"{width}x{height}.png"
-        pattern_image(width, height).save(path)
-        out.append((("image", path.name), path))
-    for width, height in ROTATED_SIZES:
-        exif = Image.Exif()
-        exif[0x0112] = 6  # shown turned 90 degrees clockwise
-        path = folder / f"{width}x{height}-exif6.jpg"
-        pattern_image(height, width).save(path, exif=exif, quality=95)
-        out.append((("rotated image", path.name), path))
-    return out
 
 
 def _engine(encoder, images) -> np.ndarray:
@@ -228,7 +220,7 @@ def _recipe(model, processor, texts, images, device) -> np.ndarray:
 
 
 def _engine_tokens(encoder, images) -> list[int]:
-    from .images import image_size
+    from ..images import image_size
 
     texts = [len(encoder.tokenizer(prompts.text_prompt(t)).input_ids) for t in TEXTS]
     sizes = [image_size(path) for _, path in images]  # from the header, EXIF applied

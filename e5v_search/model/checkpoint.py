@@ -7,13 +7,9 @@ so a clean checkpoint is left untouched and a repaired one can say why it needed
 from __future__ import annotations
 
 
-def repair(model, processor) -> list[str]:
-    """Make `processor` and the base LlavaNext `model` agree with each other, in place."""
-    return repair_processor(processor, model.config) + repair_model(model, processor.tokenizer)
-
-
 def repair_processor(processor, config) -> list[str]:
-    """The processor half: needs only the model's config, not its weights."""
+    """Make `processor` agree with the model: needs only the model's config, not its weights
+    (the Preprocessor applies it; the encoder then applies `repair_model`)."""
     repairs = []
     if processor.patch_size is None:
         processor.patch_size = config.vision_config.patch_size

@@ -15,25 +15,21 @@ non-finite row is embedded again alone, and one that stays non-finite raises `Em
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_PIXELS, default_workers
-from ..errors import EmbeddingError, InputError, ModelLoadError
+from ..errors import EmbeddingError, InputError
+from ..images import image_size, load_image
 from ..spec import Spec
 from . import checkpoint, prompts
 from .batching import plan_batches
-from .images import image_size, load_image
+from .loading import load_pretrained, vector_spec
 from .preprocess import PreparedImage, Preprocessor
 
 PROGRESS_MIN_ITEMS = 64
@@ -42,17 +38,6 @@ PROGRESS_MIN_ITEMS = 64
 CHARS_PER_TOKEN = 8
 SPARE_TOKENS = 256
 LOOKAHEAD_BATCHES = 2  # batches prepared ahead of the model: keeps it fed, bounds memory
-QUANTIZATIONS = ("int8", "nf4")
-_DTYPES = {
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
 
 
 @dataclass
@@ -61,191 +46,6 @@ class _Request:
     n_tokens: int
     ids: list[int] | None = None  # text-only requests are tokenised once, up front
     image: Any = None
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype, device: str):
-    """fp16 on a GPU (the model card's dtype), fp32 on a CPU (fp16 matmuls are slow there)."""
-    import torch
-
-    if dtype is None:
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of float16, bfloat16, float32")
-    return getattr(torch, name)
-
-
-def estimated_parameters(config) -> int:
-    """Parameters of a LLaVA-NeXT config (Llama, CLIP tower, projector) without its weights:
-    8.35e9 for E5-V's (the model has 8.36e9)."""
-    t, v = config.text_config, config.vision_config
-    heads = t.num_attention_heads
-    kv_heads = getattr(t, "num_key_value_heads", None) or heads
-    head_dim = getattr(t, "head_dim", None) or t.hidden_size // heads
-    attention = t.hidden_size * head_dim * 2 * (heads + kv_heads)
-    layer = attention + 3 * t.hidden_size * t.intermediate_size
-    llm = 2 * t.vocab_size * t.hidden_size + t.num_hidden_layers * layer
-    vision = v.num_hidden_layers * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size)
-    vision += 3 * v.patch_size**2 * v.hidden_size
-    projector = v.hidden_size * t.hidden_size + t.hidden_size**2
-    return int(llm + vision + projector)
-
-
-def cpu_dtype(parameters: int, available_bytes: int) -> str:
-    """The CPU's dtype when none is asked for: float32 (exact, fastest on a CPU) while its
-    weights take at most half the memory available, else bfloat16 (half the bytes; E5-V in fp32
-    is 33 GB, so a 16-32 GB laptop gets bfloat16). `check --dtype bfloat16` measures the drift."""
-    return "float32" if 4 * parameters <= available_bytes // 2 else "bfloat16"
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux's MemAvailable; else all of it)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def spec_from_config(model: str, revision=None, device="cpu", dtype=None, quantize=None) -> Spec:
-    """The spec an encoder would report, read from the checkpoint's config alone."""
-    from transformers import LlavaNextConfig
-
-    config = LlavaNextConfig.from_pretrained(model, revision=revision)
-    device = resolve_device(device)
-    if quantize and dtype is None:
-        dtype = "bfloat16" if device == "cpu" else "float16"  # the rule load_pretrained applies
-    elif dtype is None and device == "cpu":
-        dtype = cpu_dtype(estimated_parameters(config), available_memory())
-    torch_dtype = resolve_dtype(dtype, device)
-    revision = revision or getattr(config, "_commit_hash", None)
-    fingerprint = checkpoint.fingerprint(model, revision)
-    dim = config.text_config.hidden_size
-    return Spec.of(model, revision, fingerprint, dim, torch_dtype, quantization=quantize)
-
-
-def quantization_config(quantize: str, torch_dtype):
-    """bitsandbytes through transformers: the language model's linear layers in int8 (LLM.int8)
-    or 4-bit NF4; the vision tower, projector, embeddings and norms stay in `torch_dtype`. The
-    same library on CUDA and on the CPU (bitsandbytes >= 0.48 has CPU kernels for both)."""
-    if quantize not in QUANTIZATIONS:
-        raise InputError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    # Its CPU backend warns on import that it cannot fetch an optional faster 4-bit kernel from
-    # the hub (the `kernels` package); the built-in one it falls back to is what we measured.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise ModelLoadError(
-            f"--quantize {quantize} needs bitsandbytes: pip install 'e5v-search[quantize]'"
-        ) from error
-    from transformers import BitsAndBytesConfig
-
-    keep = ["vision_tower", "multi_modal_projector", "lm_head"]
-    if quantize == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch_dtype,
-        llm_int8_skip_modules=keep,
-    )
-
-
-def load_pretrained(model, revision=None, device="auto", dtype=None, full=False, quantize=None):
-    """(model, processor, revision) from a hub id or a local directory: the base LlavaNextModel,
-    or with `full` the whole LlavaNextForConditionalGeneration (lm_head too) the recipe runs.
-    `quantize` (int8, nf4): the language model's linear layers quantized on loading, the rest
-    in bfloat16 on a CPU and float16 on a GPU unless `dtype` says otherwise."""
-    from transformers import (
-        LlavaNextForConditionalGeneration,
-        LlavaNextModel,
-        LlavaNextProcessor,
-    )
-
-    device = resolve_device(device)
-    if quantize and dtype is None:
-        dtype = "bfloat16" if device == "cpu" else "float16"
-    elif dtype is None and device == "cpu":
-        dtype = _cpu_dtype_for(model, revision)
-    torch_dtype = resolve_dtype(dtype, device)
-    options = {}
-    if quantize:
-        options = {"quantization_config": quantization_config(quantize, torch_dtype)}
-    model_class = LlavaNextForConditionalGeneration if full else LlavaNextModel
-    try:
-        # The PIL image backend everywhere: a GPU box with torchvision then preprocesses
-        # exactly like a laptop without (and anyres.py makes both E5-V's own pixels).
-        processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
-        # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B;
-        # bitsandbytes quantizes while placing, so it always takes one.
-        placement = {} if device == "cpu" and not quantize else {"device_map": device}
-        with _quiet_transformers():
-            net, info = model_class.from_pretrained(
-                model,
-                revision=revision,
-                dtype=torch_dtype,
-                output_loading_info=True,
-                **placement,
-                **options,
-            )
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as error:  # noqa: BLE001 - safetensors panics on a truncated file
-        raise ModelLoadError(
-            f"cannot load an E5-V model from {model!r}: {type(error).__name__}: {error}\n"
-            "Give a hub id (royokong/e5-v) or a local directory with config.json, the "
-            "weights and the processor files; a weight file may be incomplete (download it "
-            "again)."
-        ) from error
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ModelLoadError(
-            f"{model!r} lacks {len(missing)} weights of a LLaVA-NeXT model "
-            f"(first: {missing[0]}): is it an E5-V checkpoint?"
-        )
-    return net.eval(), processor, revision or getattr(net.config, "_commit_hash", None)
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which checkpoint to load and how: what the engine holds and hands to a Ray actor, which
-    loads it itself (the driver never loads the weights)."""
-
-    model: str = DEFAULT_MODEL  # hub id or local directory
-    revision: str | None = None
-    device: str | None = "auto"
-    dtype: Any = None  # float16, bfloat16, float32 (or a torch dtype); None: the device's default
-    batch_size: int | None = None
-    max_batch_tokens: int = MAX_BATCH_TOKENS
-    quantize: str | None = None  # int8 or nf4: the language model's linear layers
-
-    def load(self) -> E5VEncoder:
-        return E5VEncoder.from_pretrained(
-            self.model,
-            self.revision,
-            self.device,
-            self.dtype,
-            quantize=self.quantize,
-            batch_size=self.batch_size,
-            max_batch_tokens=self.max_batch_tokens,
-        )
-
-    def spec_on(self, device: str) -> Spec:
-        """The spec an encoder loaded on `device` would report, from the config alone."""
-        return spec_from_config(self.model, self.revision, device, self.dtype, self.quantize)
 
 
 class E5VEncoder:
@@ -295,8 +95,9 @@ class E5VEncoder:
         """Load from a hub id or a local directory, with `quantize` (int8, nf4) the language
         model quantized; `options` go to the constructor."""
         net, processor, revision = load_pretrained(model, revision, device, dtype, False, quantize)
-        return cls(net, processor, model_id=str(model), revision=revision, quantization=quantize,
-                   **options)  # fmt: skip
+        return cls(
+            net, processor, model_id=str(model), revision=revision, quantization=quantize, **options
+        )
 
     @property
     def device(self):
@@ -314,8 +115,14 @@ class E5VEncoder:
         """What an embedding depends on; an index records it and refuses queries made otherwise."""
         if self._fingerprint is None:  # reads ~1 MiB per weight file: once
             self._fingerprint = checkpoint.fingerprint(self.model_id, self.revision)
-        return Spec.of(self.model_id, self.revision, self._fingerprint, self.dim, self.dtype,
-                       quantization=self.quantization)  # fmt: skip
+        return vector_spec(
+            self.model_id,
+            self.revision,
+            self._fingerprint,
+            self.dim,
+            self.dtype,
+            quantization=self.quantization,
+        )
 
     def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
         """Image placeholder tokens for images of these (height, width), without any pixels."""
@@ -492,7 +299,7 @@ class E5VEncoder:
         if first.prompt == prompts.IMAGE_PROMPT:
             batch = [_Request("", 0, image=self.prepare_image(r.image)) for r in batch]
         if isinstance(batch[0].image, PreparedImage):
-            return self._collate([r.image for r in batch])
+            return self.image_inputs([r.image for r in batch])
         return self.processor(  # composed queries and other image prompts
             text=[r.prompt for r in batch],
             images=[load_image(r.image) for r in batch],
@@ -501,9 +308,19 @@ class E5VEncoder:
             return_tensors="pt",
         )
 
-    def _collate(self, images: list[PreparedImage]) -> dict:
+    def text_inputs(self, texts: list[str]) -> dict:
+        """Model inputs for `texts` in E5-V's text prompt, as `embed_texts` batches them: CPU
+        tensors padded on the right, for `pool` (training the tiny model builds its batches so)."""
+        texts = _as_list(texts, str, "texts")
+        encoded = self._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
+        return _right_pad([ids for _, ids in encoded], self.tokenizer.pad_token_id)
+
+    def image_inputs(self, images: list) -> dict:
+        """Model inputs for images (PreparedImage, or paths and PIL images, prepared here) in
+        E5-V's image prompt, as `embed_images` batches them: CPU tensors for `pool`."""
         import torch
 
+        images = [i if isinstance(i, PreparedImage) else self.prepare_image(i) for i in images]
         inputs = _right_pad(
             [self.preprocessor.image_prompt_ids(p) for p in images], self.tokenizer.pad_token_id
         )
@@ -539,43 +356,6 @@ class E5VEncoder:
         hidden = self.model(**inputs, use_cache=False).last_hidden_state
         rows = torch.arange(len(lengths), device=hidden.device)
         return F.normalize(hidden[rows, lengths.to(hidden.device) - 1].float(), dim=-1)
-
-
-def _cpu_dtype_for(model, revision) -> str | None:
-    """float32 or bfloat16 by `cpu_dtype`'s rule, said once in a log line when bfloat16."""
-    from transformers import LlavaNextConfig
-
-    try:
-        config = LlavaNextConfig.from_pretrained(model, revision=revision)
-    except (OSError, ValueError):
-        return None  # from_pretrained below names the problem
-    parameters, available = estimated_parameters(config), available_memory()
-    chosen = cpu_dtype(parameters, available)
-    if chosen == "bfloat16":
-        logging.getLogger(__name__).warning(
-            "loading %s in bfloat16 on the CPU: in float32 its %.1f GB of weights would take "
-            "over half of the %.1f GB available (--dtype float32 to insist)",
-            model, 4 * parameters / 1e9, available / 1e9,
-        )  # fmt: skip
-    return chosen
-
-
-@contextmanager
-def _quiet_transformers():
-    """No load report (it lists the lm_head skipped on purpose); a loading bar only on a
-    terminal, where it helps with 16 GB of weights."""
-    from transformers.utils import logging
-
-    level, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    if not sys.stderr.isatty():
-        logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-        if bar:
-            logging.enable_progress_bar()
 
 
 def _right_pad(sequences: list[list[int]], pad_id: int) -> dict:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import MAX_PIXELS
+from ..images import load_image
 from . import checkpoint, prompts
-from .images import load_image
 
 
 @dataclass

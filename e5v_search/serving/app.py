@@ -38,7 +38,7 @@ from ..errors import (
     ModelLoadError,
     SpecMismatchError,
 )
-from ..model.images import upright_rgb
+from ..images import upright_rgb
 from ..storage.catalog import parse_filters
 from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import cache_home
 from ..files import write_bytes
-from ..model.images import load_image
+from ..images import load_image
 
 THUMBNAIL_SIZES = (128, 256, 512)
 

@@ -1,5 +1,6 @@
-"""Opening images for the encoder: any mode PIL reads becomes RGB, animations give their first
-frame, and a pixel cap stops decompression bombs before any pixel is decoded.
+"""Opening images, for the encoder, ingest and the server alike: any mode PIL reads becomes RGB,
+animations give their first frame, and a pixel cap stops decompression bombs before any pixel is
+decoded. No model here: any layer may open an image.
 
 One EXIF rule: an image is embedded upright, as a photo viewer shows it. The EXIF Orientation tag
 is applied wherever the image comes from (a file, a PIL image that still carries the tag, an
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..config import MAX_PIXELS
-from ..errors import InputError
-from ..files import open_regular
+from .config import MAX_PIXELS
+from .errors import InputError
+from .files import open_regular
 
 try:  # HEIC/HEIF, the iPhone's default, through pillow-heif's opener (AVIF is Pillow's own)
     from pillow_heif import register_heif_opener
@@ -28,8 +29,19 @@ try:  # HEIC/HEIF, the iPhone's default, through pillow-heif's opener (AVIF is P
 except ImportError:  # a dependency; an install without it reads every other format
     pass
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-                    ".heic", ".heif", ".avif")  # fmt: skip
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+)
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
