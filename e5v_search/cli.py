@@ -225,19 +225,33 @@ def check(as_json, choice):
 @click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
 @click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
-              help="Refuse larger images (decompression bombs).")  # fmt: skip
-@click.option("--max-memory", envvar="E5V_MAX_MEMORY", help="Memory the index may take (8GB, "
-              "512MiB): its type follows the collection within it [half the RAM; env "
-              "E5V_MAX_MEMORY].")  # fmt: skip
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=MAX_PIXELS,
+    show_default=True,
+    help="Refuse larger images (decompression bombs).",
+)
+@click.option(
+    "--max-memory",
+    envvar="E5V_MAX_MEMORY",
+    help="Memory the index may take (8GB, "
+    "512MiB): its type follows the collection within it [half the RAM; env "
+    "E5V_MAX_MEMORY].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no report.")
 @click.option(
     "--ray", "use_ray", is_flag=True, help="Run on Ray Data (pip install e5v-search[ray])."
 )
 @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join [a local one].")
 @click.option("--gpus", type=click.IntRange(min=0), help="GPU actors [every GPU Ray sees].")
-@click.option("--ray-actors", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Embedding actors when there is no GPU.")  # fmt: skip
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Embedding actors when there is no GPU.",
+)
 @model_options
 @_errors_to_click
 def ingest(
@@ -305,11 +319,19 @@ def ingest(
 
 @cli.command()
 @click.argument("query", required=False)
-@click.option("--image", "-i", type=click.Path(dir_okay=False), help="Query image (with QUERY: "
-              "E5-V's composed image+text query).")  # fmt: skip
+@click.option(
+    "--image",
+    "-i",
+    type=click.Path(dir_okay=False),
+    help="Query image (with QUERY: E5-V's composed image+text query).",
+)
 @click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
-@click.option("--type", "modality", type=click.Choice(["image", "text", "any"]),
-              help="What to return [the other modality of the query].")  # fmt: skip
+@click.option(
+    "--type",
+    "modality",
+    type=click.Choice(["image", "text", "any"]),
+    help="What to return [the other modality of the query].",
+)
 @click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
 @click.option(
     "--where", help="SQL condition on items, e.g. \"json_extract(metadata, '$.album') = 'x'\"."
@@ -339,9 +361,15 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
         raise click.UsageError("use --where or --meta, not both")
     with _open_engine(index, choice=choice) as engine:
         results = engine.search(
-            query, image, like=like, k=k, modality=modality, where=where or filters or None,
-            add=add, subtract=subtract,
-        )  # fmt: skip
+            query,
+            image,
+            like=like,
+            k=k,
+            modality=modality,
+            where=where or filters or None,
+            add=add,
+            subtract=subtract,
+        )
         _echo_notices(engine)
     for rank, result in enumerate(results, start=1):
         if as_json:
@@ -376,8 +404,10 @@ def info(index, as_json):
         extra = f" {settings}" if settings else ""
         where = " on disk" if entry["on_disk"] else ""
         parts = f"{entry['segments']} segments + {entry['delta']} in the delta"
-        click.echo(f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
-                   f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}")  # fmt: skip
+        click.echo(
+            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
+            f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}"
+        )
     for modality, problem in data["damaged"].items():
         click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
     for modality, ids in data["skipped_rows"].items():
@@ -641,15 +671,26 @@ def _eval_engine(index, choice):
 
 
 @evaluate.command()
-@click.option("--images", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Folder holding the images the captions name.")  # fmt: skip
-@click.option("--captions", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Karpathy split .json, or .jsonl / .csv: image file name, caption.")  # fmt: skip
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder holding the images the captions name.",
+)
+@click.option(
+    "--captions",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Karpathy split .json, or .jsonl / .csv: image file name, caption.",
+)
 @click.option("--split", default="test", show_default=True, help="Karpathy split to use.")
 @click.option("--image-field", default="image", show_default=True)
 @click.option("--caption-field", default="caption", show_default=True)
-@click.option("--paper", type=click.Choice(["flickr30k", "coco"]),
-              help="Paper numbers to show (default: the Karpathy file's dataset).")  # fmt: skip
+@click.option(
+    "--paper",
+    type=click.Choice(["flickr30k", "coco"]),
+    help="Paper numbers to show (default: the Karpathy file's dataset).",
+)
 @click.option("--index", help="Keep the embeddings in this index directory (default: throwaway).")
 @model_options
 @_errors_to_click
@@ -672,8 +713,12 @@ def retrieval(images, captions, split, image_field, caption_field, paper, index,
 
 @evaluate.command()
 @click.option("--images", required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--triples", required=True, type=click.Path(dir_okay=False, exists=True),
-              help=".jsonl / .csv rows of reference, text, target.")  # fmt: skip
+@click.option(
+    "--triples",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help=".jsonl / .csv rows of reference, text, target.",
+)
 @click.option("--index", help="Keep the embeddings in this index directory (default: throwaway).")
 @model_options
 @_errors_to_click
@@ -689,8 +734,13 @@ def composed(images, triples, index, choice):
 
 @evaluate.command(name="index")
 @index_option
-@click.option("--sample", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Stored vectors used as queries.")  # fmt: skip
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Stored vectors used as queries.",
+)
 @click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
 @_errors_to_click
 def index_recall(index, sample, k):

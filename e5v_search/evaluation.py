@@ -172,9 +172,11 @@ def evaluate_retrieval(engine, pairs: Pairs, images_dir: str | Path, progress=No
         )
     captions_file = engine.path / "eval-captions.jsonl"
     captions_file.write_text(
-        "".join(json.dumps({"text": c, "n": i, "image": pairs.images[o]}) + "\n"
-                for i, (c, o) in enumerate(zip(pairs.captions, pairs.caption_image, strict=True)))
-    )  # fmt: skip
+        "".join(
+            json.dumps({"text": c, "n": i, "image": pairs.images[o]}) + "\n"
+            for i, (c, o) in enumerate(zip(pairs.captions, pairs.caption_image, strict=True))
+        )
+    )
     report = engine.ingest(image_paths + [str(captions_file)], id_field="n", progress=progress)
     if report.failed:
         raise InputError(f"{report.failed} inputs could not be ingested: {report.errors[0]}")
@@ -237,8 +239,11 @@ def _cirr_gallery(engine, paths: list[str], progress):
     from .model.prompts import CIRR_GALLERY_PROMPT, CIRR_GALLERY_VERSION
 
     gallery = Engine.open(engine.path / "cirr-gallery", create=True, encoder=engine.encoder)
-    new = [p for p, known in zip(paths, gallery.ids_of([(p, "") for p in paths]), strict=True)
-           if known is None]  # fmt: skip
+    new = [
+        p
+        for p, known in zip(paths, gallery.ids_of([(p, "") for p in paths]), strict=True)
+        if known is None
+    ]
     if new:
         vectors = engine.embed_images(
             new, prompt=CIRR_GALLERY_PROMPT, progress=progress, workers=None

@@ -213,10 +213,16 @@ def e5v_weights_table() -> str:
     per 64), the rest 2 bytes."""
     from transformers import LlamaConfig, LlavaNextConfig
 
-    config = LlavaNextConfig(text_config=LlamaConfig(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128320,
-    ))  # fmt: skip
+    config = LlavaNextConfig(
+        text_config=LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128320,
+        )
+    )
     from e5v_search.model.loading import estimated_parameters
 
     total = estimated_parameters(config)

@@ -27,8 +27,16 @@ from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 4096
-SPEC = Spec(**{"model": "synthetic", "revision": None, "dim": DIM, "dtype": "float32",
-        "prompt_version": "e5v-1", "transformers": "-"})  # fmt: skip
+SPEC = Spec(
+    **{
+        "model": "synthetic",
+        "revision": None,
+        "dim": DIM,
+        "dtype": "float32",
+        "prompt_version": "e5v-1",
+        "transformers": "-",
+    }
+)
 
 
 def write_rate(path: Path, vectors: np.ndarray, text_share: float) -> tuple[float, Store]:
@@ -38,10 +46,13 @@ def write_rate(path: Path, vectors: np.ndarray, text_share: float) -> tuple[floa
     for start in range(0, len(vectors), 256):
         chunk = vectors[start : start + 256]
         items = [
-            {"modality": "text" if start + i < n_text else "image", "source": f"s{start + i}",
-             "metadata": {"group": (start + i) % 10}}
+            {
+                "modality": "text" if start + i < n_text else "image",
+                "source": f"s{start + i}",
+                "metadata": {"group": (start + i) % 10},
+            }
             for i in range(len(chunk))
-        ]  # fmt: skip
+        ]
         store.add(items, chunk, SPEC)
     store.save()
     return len(vectors) / (time.perf_counter() - started), store
@@ -125,8 +136,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ivf", type=int, default=512, help="IVF lists")
-    parser.add_argument("--budget-share", type=float, default=0.1,
-                        help="budget of the auto rows, as a share of Flat's size")  # fmt: skip
+    parser.add_argument(
+        "--budget-share",
+        type=float,
+        default=0.1,
+        help="budget of the auto rows, as a share of Flat's size",
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     data = clustered_vectors(args.n + args.queries, DIM, clusters=1000, seed=0)

@@ -93,15 +93,21 @@ def ingest(store: Store, start: int, n: int, spec: Spec, budget: int, made=None)
     with store.writing("bench"):
         for first in range(start, start + n, CHUNK):
             count = min(CHUNK, start + n - first)
-            items = [{"modality": "image", "source": f"/photos/{i}.jpg"}
-                     for i in range(first, first + count)]  # fmt: skip
+            items = [
+                {"modality": "image", "source": f"/photos/{i}.jpg"}
+                for i in range(first, first + count)
+            ]
             store.add(items, made if made is not None else vectors(first, count, spec.dim), spec)
     return store.follow_policy(budget)
 
 
 def cold(path: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", OPEN_AND_SEARCH, str(path)],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN_AND_SEARCH, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 

@@ -58,8 +58,10 @@ def grow(store: Store, start: int, n: int, spec: Spec) -> None:
     with store.writing("bench"):
         for first in range(start, start + n, CHUNK):
             count = min(CHUNK, start + n - first)
-            items = [{"modality": "image", "source": f"/photos/{i}.jpg"}
-                     for i in range(first, first + count)]  # fmt: skip
+            items = [
+                {"modality": "image", "source": f"/photos/{i}.jpg"}
+                for i in range(first, first + count)
+            ]
             store.add(items, vectors(first, count, spec.dim), spec)
 
 

@@ -50,11 +50,21 @@ def main() -> None:
     run("search", "A red circle on a grey background.", "-k", "3", env=env)
     run("search", "a yellow stripe, pale background", "-k", "3", env=env)
     run("search", "A blue circle on a pale background.", "-k", "3", env=env)  # held out
-    run("search", "--image", str(corpus / "images/pale/green-triangle-pale.png"), "-k", "3",
-        env=env)  # fmt: skip
+    run(
+        "search", "--image", str(corpus / "images/pale/green-triangle-pale.png"), "-k", "3", env=env
+    )
     run("search", "a shape", "--type", "text", "--meta", "color=green", "-k", "3", env=env)
-    run("eval", "retrieval", "--images", str(corpus), "--captions", str(corpus / "captions.jsonl"),
-        "--caption-field", "text", env=env)  # fmt: skip
+    run(
+        "eval",
+        "retrieval",
+        "--images",
+        str(corpus),
+        "--captions",
+        str(corpus / "captions.jsonl"),
+        "--caption-field",
+        "text",
+        env=env,
+    )
     print(
         "\nThe right picture comes first for most captions (R@1 above; chance is 1 in 48). "
         "This is a tiny model trained here on synthetic shapes, not E5-V: blue-circle-pale and "

@@ -50,8 +50,9 @@ def main() -> int:
         model = encoder = None
         try:
             torch.manual_seed(0)
-            model = full_size_model(args.device, getattr(torch, dtype), args.layers,
-                                    vocab=len(processor.tokenizer))  # fmt: skip
+            model = full_size_model(
+                args.device, getattr(torch, dtype), args.layers, vocab=len(processor.tokenizer)
+            )
             encoder = E5VEncoder(model, processor, model_id=f"random-8b-{dtype}")
             report = check_encoder(encoder, model, processor)
             for line in report.lines():

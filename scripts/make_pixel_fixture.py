@@ -28,10 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 VERSION = "4.41.2"
 # (width, height): Flickr30K / COCO sizes, odd remainders, sizes that matched, and extremes.
 SIZES = [
-    (500, 375), (500, 333), (640, 427), (427, 640), (375, 500), (333, 500), (801, 601),
-    (700, 467), (1000, 300), (300, 1000), (640, 480), (480, 640), (336, 336), (1024, 899),
-    (1920, 1080), (4000, 300), (337, 335), (1023, 767),
-]  # fmt: skip
+    (500, 375),
+    (500, 333),
+    (640, 427),
+    (427, 640),
+    (375, 500),
+    (333, 500),
+    (801, 601),
+    (700, 467),
+    (1000, 300),
+    (300, 1000),
+    (640, 480),
+    (480, 640),
+    (336, 336),
+    (1024, 899),
+    (1920, 1080),
+    (4000, 300),
+    (337, 335),
+    (1023, 767),
+]
 FULL_SIZE = (500, 375)  # the size whose crops are kept whole
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -42,8 +57,10 @@ def to_uint8(crops, mean=MEAN, std=STD):
     """Normalised crops (n, 3, h, w) back to the uint8 pixels they were made from."""
     import numpy as np
 
-    values = (np.asarray(crops, dtype=np.float64) * np.array(std)[:, None, None]
-              + np.array(mean)[:, None, None]) * 255.0  # fmt: skip
+    values = (
+        np.asarray(crops, dtype=np.float64) * np.array(std)[:, None, None]
+        + np.array(mean)[:, None, None]
+    ) * 255.0
     rounded = np.rint(values)
     if np.abs(values - rounded).max() > 0.01:
         raise ValueError("crops are not normalised uint8 pixels")
@@ -75,16 +92,18 @@ def record(out: Path) -> None:
     table, full = [], None
     for width, height in SIZES:
         crops = processor(images=[pattern_image(width, height)])["pixel_values"][0]
-        table.append({"width": width, "height": height, "crops": len(crops),
-                      "sha256": digests(crops)})  # fmt: skip
+        table.append(
+            {"width": width, "height": height, "crops": len(crops), "sha256": digests(crops)}
+        )
         if (width, height) == FULL_SIZE:
             full = to_uint8(crops)
         print(f"{width}x{height}: {len(crops)} crops", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"transformers": VERSION, "pinpoints": PINPOINTS, "crop": 336, "sizes": table}
     (out / "anyres-4.41.2.json").write_text(json.dumps(meta, indent=1) + "\n")
-    np.savez_compressed(out / "anyres-4.41.2.npz", width=FULL_SIZE[0], height=FULL_SIZE[1],
-                        crops=full)  # fmt: skip
+    np.savez_compressed(
+        out / "anyres-4.41.2.npz", width=FULL_SIZE[0], height=FULL_SIZE[1], crops=full
+    )
 
 
 def main() -> None:
@@ -99,10 +118,11 @@ def main() -> None:
         python = Path(venv) / "bin" / "python"
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
         # numpy<2: 4.41.2 predates numpy 2. No torch: the image processor needs none.
-        subprocess.run([python, "-m", "pip", "install", "-q", f"transformers=={VERSION}",
-                        "numpy<2", "pillow"], check=True)  # fmt: skip
-        subprocess.run([python, __file__, "--inside", "--out", str(args.out.resolve())],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", f"transformers=={VERSION}", "numpy<2", "pillow"],
+            check=True,
+        )
+        subprocess.run([python, __file__, "--inside", "--out", str(args.out.resolve())], check=True)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         corpus = make_sample_corpus(Path(folder) / "corpus")
-        engine = Engine.open(Path(folder) / "ix", model=str(cached_trained_checkpoint()),
-                             device="cpu", create=True)  # fmt: skip
+        engine = Engine.open(
+            Path(folder) / "ix", model=str(cached_trained_checkpoint()), device="cpu", create=True
+        )
         engine.ingest([corpus["images"], corpus["captions"]], progress=False)
         app = create_app(engine)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning"))  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
             time.sleep(0.05)

@@ -92,8 +92,12 @@ def test_bad_numbers_and_filters_are_refused_at_the_edge(tmp_path, tiny_dir):
     index = tmp_path / "ix"
     (tmp_path / "t.txt").write_text("one\ntwo\nthree\n")
     env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
-    assert CliRunner().invoke(cli, ["ingest", str(tmp_path / "t.txt"), "--index", str(index)],
-                              env=env).exit_code == 0  # fmt: skip
+    assert (
+        CliRunner()
+        .invoke(cli, ["ingest", str(tmp_path / "t.txt"), "--index", str(index)], env=env)
+        .exit_code
+        == 0
+    )
     refused = [
         ["rebuild", "--ef-search", "-5"],
         ["rebuild", "--nprobe", "-1"],
@@ -113,7 +117,11 @@ def test_bad_numbers_and_filters_are_refused_at_the_edge(tmp_path, tiny_dir):
         assert engine.info()["counts"]["text"] == 3  # nothing was deleted or saved
         app = create_app(engine)
         with TestClient(app, base_url="http://127.0.0.1") as client:
-            for url in (f"/api/items/{2**64}", f"/api/search?like={2**70}", "/api/items/0",
-                        f"/thumbs/{2**64}.jpg"):  # fmt: skip
+            for url in (
+                f"/api/items/{2**64}",
+                f"/api/search?like={2**70}",
+                "/api/items/0",
+                f"/thumbs/{2**64}.jpg",
+            ):
                 assert client.get(url).status_code == 422, url
         app.state.worker.close()

@@ -21,8 +21,12 @@ SPEC = Spec(
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "e5v_search.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "e5v_search.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +48,9 @@ def _copy(on_disk, tmp_path):
 def _on_disk_index(path):
     with Store.open(path, create=True) as store:
         n = 6000
-        items = [{"modality": "image" if i < n else "text", "source": str(i)}
-                 for i in range(n + 200)]  # fmt: skip
+        items = [
+            {"modality": "image" if i < n else "text", "source": str(i)} for i in range(n + 200)
+        ]
         store.add(items, clustered_vectors(n + 200, DIM, seed=1), SPEC)
         budget = 500_000 + 200 * (DIM * 4 + ondisk.FLAT_OVERHEAD)
         store.rebuild(max_memory=budget)
@@ -90,8 +95,11 @@ def test_a_zero_byte_mask_or_delta_is_named(tmp_path, on_disk, part):
 def test_a_damaged_catalog_is_named_and_never_overwritten(tmp_path, damage):
     path = tmp_path / "ix"
     with Store.open(path, create=True) as store:
-        store.add([{"modality": "text", "source": str(i)} for i in range(3000)],
-                  clustered_vectors(3000, DIM), SPEC)  # fmt: skip
+        store.add(
+            [{"modality": "text", "source": str(i)} for i in range(3000)],
+            clustered_vectors(3000, DIM),
+            SPEC,
+        )
     catalog = path / "catalog.sqlite"
     for suffix in ("-wal", "-shm"):
         (path / f"catalog.sqlite{suffix}").unlink(missing_ok=True)
@@ -108,8 +116,11 @@ def test_a_damaged_catalog_is_named_and_never_overwritten(tmp_path, damage):
 def test_a_changed_flat_file_is_rebuilt_from_the_catalog_and_named(tmp_path):
     path = tmp_path / "ix"
     with Store.open(path, create=True) as store:
-        store.add([{"modality": "text", "source": str(i)} for i in range(50)],
-                  clustered_vectors(50, DIM), SPEC)  # fmt: skip
+        store.add(
+            [{"modality": "text", "source": str(i)} for i in range(50)],
+            clustered_vectors(50, DIM),
+            SPEC,
+        )
     delta = index_file(path, "text")
     data = bytearray(delta.read_bytes())
     data[-8:] = b"\x00" * 8  # the same size, other bytes: only the checksum can tell
@@ -164,12 +175,18 @@ def test_a_catalog_that_lost_its_last_writes_is_named_and_ids_are_never_reused(t
 
     path = tmp_path / "ix"
     with Store.open(path, create=True) as store:
-        store.add([{"modality": "text", "source": str(i)} for i in range(10)],
-                  clustered_vectors(10, DIM), SPEC)  # fmt: skip
+        store.add(
+            [{"modality": "text", "source": str(i)} for i in range(10)],
+            clustered_vectors(10, DIM),
+            SPEC,
+        )
     shutil.copy(path / "catalog.sqlite", tmp_path / "old.sqlite")  # closed: WAL checkpointed
     with Store.open(path) as store:
-        later = store.add([{"modality": "text", "source": f"later{i}"} for i in range(5)],
-                          clustered_vectors(5, DIM, seed=3), SPEC)  # fmt: skip
+        later = store.add(
+            [{"modality": "text", "source": f"later{i}"} for i in range(5)],
+            clustered_vectors(5, DIM, seed=3),
+            SPEC,
+        )
     shutil.copy(tmp_path / "old.sqlite", path / "catalog.sqlite")  # the last writes are lost
     with Store.open(path) as store:
         assert "the catalog lost its last 1 commit" in describe(store.lost)

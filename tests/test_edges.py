@@ -30,13 +30,19 @@ SPEC = Spec(model="m", revision=None, dim=DIM, dtype="float32", prompt_version="
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "e5v_search.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "e5v_search.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _items(n, start=0, folder="/data/photos"):
-    return [{"modality": "text", "source": f"{folder}/{i}.txt", "text": f"t{i}"}
-            for i in range(start, start + n)]  # fmt: skip
+    return [
+        {"modality": "text", "source": f"{folder}/{i}.txt", "text": f"t{i}"}
+        for i in range(start, start + n)
+    ]
 
 
 def _index(path, n=500, seed=0):
@@ -70,8 +76,9 @@ def test_an_empty_prefix_deletes_nothing_and_says_why(tmp_path):
     assert runner.invoke(cli, ["delete", "--where", " ", "--index", str(path)]).exit_code == 2
     with Store.open(path) as store:
         assert store.catalog.count() == 500  # nothing was deleted
-    everything = runner.invoke(cli, ["delete", "--where", "1=1", "--all", "--yes",
-                                     "--index", str(path)])  # fmt: skip
+    everything = runner.invoke(
+        cli, ["delete", "--where", "1=1", "--all", "--yes", "--index", str(path)]
+    )
     assert everything.exit_code == 0 and "deleted 500 items" in everything.output
 
 
@@ -100,9 +107,13 @@ def _index_more(path):
 
 @pytest.mark.parametrize(
     "args",
-    [["delete", "--id", str(2**63)], ["search", "--like", str(2**63)],
-     ["delete", "--id", "0"], ["search", "--like", "-1"]],
-)  # fmt: skip
+    [
+        ["delete", "--id", str(2**63)],
+        ["search", "--like", str(2**63)],
+        ["delete", "--id", "0"],
+        ["search", "--like", "-1"],
+    ],
+)
 def test_ids_past_int64_are_refused_in_one_line(tmp_path, args):
     path = _index(tmp_path / "ix", n=20)
     result = _cli(*args, "--index", path)
@@ -204,8 +215,10 @@ def _between_probes(file, vectors):
     """The id and file offset of a stored vector that lies wholly outside the probed blocks."""
     data = file.read_bytes()
     size = len(data)
-    blocks = [(size - integrity.PROBE_BLOCK) * i // (integrity.PROBE_BLOCKS - 1)
-              for i in range(integrity.PROBE_BLOCKS)]  # fmt: skip
+    blocks = [
+        (size - integrity.PROBE_BLOCK) * i // (integrity.PROBE_BLOCKS - 1)
+        for i in range(integrity.PROBE_BLOCKS)
+    ]
     for number in range(len(vectors) // 2, len(vectors)):
         at = data.find(vectors[number].tobytes())
         end = at + vectors[number].nbytes
@@ -237,9 +250,21 @@ def test_bytes_flipped_between_probes_are_never_served_and_verify_finds_them(tmp
     assert again.returncode == 0 and max(scores) <= 1.0001
 
 
-@pytest.mark.parametrize("target", ["segment", "template", "delta", "masks", "ids",
-                                    "manifest.json", "manifest.backup.json", "commits.json",
-                                    "vector", "text"])  # fmt: skip
+@pytest.mark.parametrize(
+    "target",
+    [
+        "segment",
+        "template",
+        "delta",
+        "masks",
+        "ids",
+        "manifest.json",
+        "manifest.backup.json",
+        "commits.json",
+        "vector",
+        "text",
+    ],
+)
 def test_verify_finds_a_flipped_byte_anywhere(tmp_path, target):
     path = tmp_path / "ix"
     with Store.open(path, create=True) as store:
@@ -250,8 +275,13 @@ def test_verify_finds_a_flipped_byte_anywhere(tmp_path, target):
         entry = store.manifest.indexes["text"]
     assert _cli("verify", "--index", path).returncode == 0
     stem = entry.segments[0]
-    files = {"segment": f"{stem}.faiss", "ids": f"{stem}.ids.npy", "template": entry.template,
-             "delta": entry.delta, "masks": entry.masks}  # fmt: skip
+    files = {
+        "segment": f"{stem}.faiss",
+        "ids": f"{stem}.ids.npy",
+        "template": entry.template,
+        "delta": entry.delta,
+        "masks": entry.masks,
+    }
     if target in ("vector", "text"):
         _flip_in_catalog(path / "catalog.sqlite", target)
     else:
@@ -284,8 +314,9 @@ def test_damaged_vector_rows_are_named_and_left_out_of_a_rebuild(tmp_path):
     path = _index(tmp_path / "ix", n=400)
     with sqlite3.connect(path / "catalog.sqlite") as db:  # three blobs changed on disk
         for item in (10, 20, 30):
-            blob = bytearray(db.execute("SELECT vector FROM vectors WHERE item_id = ?",
-                                        (item,)).fetchone()[0])  # fmt: skip
+            blob = bytearray(
+                db.execute("SELECT vector FROM vectors WHERE item_id = ?", (item,)).fetchone()[0]
+            )
             blob[8] ^= 0x40
             db.execute("UPDATE vectors SET vector = ? WHERE item_id = ?", (bytes(blob), item))
     rebuilt = _cli("rebuild", "--index", path)

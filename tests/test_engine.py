@@ -207,8 +207,11 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
     assert result.exit_code == 0, result.output
     assert "added 96, updated 0, unchanged 0, failed 0" in result.stderr
 
-    result = runner.invoke(cli, ["search", "A red circle on a grey background.", "--type", "text",
-                                 "-k", "3", "--json"], env=env)  # fmt: skip
+    result = runner.invoke(
+        cli,
+        ["search", "A red circle on a grey background.", "--type", "text", "-k", "3", "--json"],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 3

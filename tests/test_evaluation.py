@@ -108,11 +108,17 @@ def dataset(tmp_path_factory):
         )
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     triples = [
-        {"reference": "grey/red-circle-grey.png", "text": "make it blue",
-         "target": "grey/blue-circle-grey.png"},
-        {"reference": "pale/red-square-pale.png", "text": "make it a circle",
-         "target": "pale/red-circle-pale.png"},
-    ]  # fmt: skip
+        {
+            "reference": "grey/red-circle-grey.png",
+            "text": "make it blue",
+            "target": "grey/blue-circle-grey.png",
+        },
+        {
+            "reference": "pale/red-square-pale.png",
+            "text": "make it a circle",
+            "target": "pale/red-circle-pale.png",
+        },
+    ]
     (root / "triples.jsonl").write_text("".join(json.dumps(t) + "\n" for t in triples))
     return root
 
@@ -120,8 +126,18 @@ def dataset(tmp_path_factory):
 def test_retrieval_command_end_to_end_matches_brute_force(tmp_path, tiny_dir, dataset):
     env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
     index = tmp_path / "ix"
-    args = ["eval", "retrieval", "--images", str(dataset / "images"), "--paper", "flickr30k",
-            "--captions", str(dataset / "captions.jsonl"), "--index", str(index)]  # fmt: skip
+    args = [
+        "eval",
+        "retrieval",
+        "--images",
+        str(dataset / "images"),
+        "--paper",
+        "flickr30k",
+        "--captions",
+        str(dataset / "captions.jsonl"),
+        "--index",
+        str(index),
+    ]
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -179,8 +195,10 @@ def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_forc
 
     images = dataset / "images"
     names = sorted(str(p.relative_to(images)) for p in images.rglob("*.png"))[:16]
-    rows = [{"reference": names[i], "text": f"change number {i}", "target": names[(i * 5 + 3) % 16]}
-            for i in range(16)]  # fmt: skip
+    rows = [
+        {"reference": names[i], "text": f"change number {i}", "target": names[(i * 5 + 3) % 16]}
+        for i in range(16)
+    ]
     triples = ev.Triples(*([r[f] for r in rows] for f in ("reference", "text", "target")))
     with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
         report = ev.evaluate_composed(engine, triples, images)
@@ -208,18 +226,35 @@ def test_composed_embeds_the_gallery_with_the_cirr_prompt_and_matches_brute_forc
     assert again.recalls == report.recalls
 
 
-def test_eval_index_name_is_the_same_index_every_command_opens(tmp_path, tiny_dir, dataset,
-                                                                monkeypatch):  # fmt: skip
+def test_eval_index_name_is_the_same_index_every_command_opens(
+    tmp_path, tiny_dir, dataset, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
-    args = ["eval", "composed", "--images", str(dataset / "images"),
-            "--triples", str(dataset / "triples.jsonl"), "--index", "photos"]  # fmt: skip
+    args = [
+        "eval",
+        "composed",
+        "--images",
+        str(dataset / "images"),
+        "--triples",
+        str(dataset / "triples.jsonl"),
+        "--index",
+        "photos",
+    ]
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "indexes" / "photos" / "cirr-gallery" / "catalog.sqlite").is_file()
     assert not (tmp_path / "photos").exists()
-    args = ["eval", "retrieval", "--images", str(dataset / "images"),
-            "--captions", str(dataset / "captions.jsonl"), "--index", "photos"]  # fmt: skip
+    args = [
+        "eval",
+        "retrieval",
+        "--images",
+        str(dataset / "images"),
+        "--captions",
+        str(dataset / "captions.jsonl"),
+        "--index",
+        "photos",
+    ]
     assert CliRunner().invoke(cli, args, env=env).exit_code == 0
     info = CliRunner().invoke(cli, ["info", "--index", "photos", "--json"])
     assert info.exit_code == 0, info.output

@@ -29,8 +29,11 @@ def test_heic_and_avif_are_ingested_found_thumbnailed_and_uploaded(tmp_path, tin
                 assert top.source == str(path) and top.score == pytest.approx(1.0, abs=1e-4)
                 thumb = client.get(f"/thumbs/{top.id}.jpg", params={"size": 128})
                 assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-                body = client.post("/api/search/image", files={"file": (name, path.read_bytes())},
-                                   data={"type": "image", "k": "1"})  # fmt: skip
+                body = client.post(
+                    "/api/search/image",
+                    files={"file": (name, path.read_bytes())},
+                    data={"type": "image", "k": "1"},
+                )
                 assert body.status_code == 200, body.text
                 hit = body.json()["results"][0]
                 assert hit["id"] == top.id and hit["score"] == pytest.approx(1.0, abs=1e-4)

@@ -28,8 +28,19 @@ def preprocessor(tmp_path_factory):
 
 def test_the_fixture_covers_the_sizes_that_differed_and_the_extremes():
     sizes = {(row["width"], row["height"]) for row in RECORDED["sizes"]}
-    named = {(500, 375), (500, 333), (640, 427), (427, 640), (375, 500), (333, 500), (801, 601),
-             (700, 467), (1000, 300), (300, 1000), (4000, 300)}  # fmt: skip
+    named = {
+        (500, 375),
+        (500, 333),
+        (640, 427),
+        (427, 640),
+        (375, 500),
+        (333, 500),
+        (801, 601),
+        (700, 467),
+        (1000, 300),
+        (300, 1000),
+        (4000, 300),
+    }
     assert named <= sizes and len(sizes) >= 12
     assert RECORDED["transformers"] == "4.41.2"
 

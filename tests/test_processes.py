@@ -21,8 +21,9 @@ from e5v_search.testing import make_sample_corpus
 
 def _cli(*args, env, **options):
     command = [sys.executable, "-m", "e5v_search.cli", *map(str, args)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **options)  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options
+    )
 
 
 def _run(*args, env, timeout=240):
@@ -114,25 +115,42 @@ WRITERS_OWN = ("catalog.sqlite", "commits.json")  # what the running ingest writ
 
 def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
     index = tmp_path / "ix"
-    assert _run("ingest", _lines(tmp_path / "seed.txt", 20, "seed"), "--index", index,
-                "--quiet", env=env)[0] == 0  # fmt: skip
-    writer = _cli("ingest", _lines(tmp_path / "big.txt", 8000, "big"), "--index", index,
-                  "--quiet", env=env)  # fmt: skip
+    assert (
+        _run(
+            "ingest",
+            _lines(tmp_path / "seed.txt", 20, "seed"),
+            "--index",
+            index,
+            "--quiet",
+            env=env,
+        )[0]
+        == 0
+    )
+    writer = _cli(
+        "ingest", _lines(tmp_path / "big.txt", 8000, "big"), "--index", index, "--quiet", env=env
+    )
     catalog = sqlite3.connect(index / "catalog.sqlite")
     deadline = time.time() + 120
     while catalog.execute("SELECT count(*) FROM items").fetchone()[0] <= 20:
         assert writer.poll() is None and time.time() < deadline, "the ingest ended too soon"
         time.sleep(0.1)
-    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
-              if not p.name.startswith(WRITERS_OWN)}  # fmt: skip
+    before = {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in index.glob("*.*")
+        if not p.name.startswith(WRITERS_OWN)
+    }
     code, out, err = _run("info", "--index", index, env=env)  # it sees changes the files lack
     assert code == 0, err
-    code, out, err = _run("search", "big line number 3", "--type", "text", "-k", "1",
-                          "--index", index, env=env)  # fmt: skip
+    code, out, err = _run(
+        "search", "big line number 3", "--type", "text", "-k", "1", "--index", index, env=env
+    )
     assert code == 0, err
     assert writer.poll() is None, "the ingest ended while the readers ran: use more lines"
-    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in index.glob("*.*")
-             if not p.name.startswith(WRITERS_OWN)}  # fmt: skip
+    after = {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in index.glob("*.*")
+        if not p.name.startswith(WRITERS_OWN)
+    }
     assert after == before
     writer.communicate(timeout=240)
     assert writer.returncode == 0
@@ -141,25 +159,29 @@ def test_a_reader_during_an_ingest_writes_nothing(tmp_path, env):
 
 def test_a_second_writer_waits_names_the_holder_and_a_killed_holder_frees_the_lock(tmp_path, env):
     index = tmp_path / "ix"
-    assert _run("ingest", _lines(tmp_path / "t.txt", 5, "t"), "--index", index, "--quiet",
-                env=env)[0] == 0  # fmt: skip
+    assert (
+        _run("ingest", _lines(tmp_path / "t.txt", 5, "t"), "--index", index, "--quiet", env=env)[0]
+        == 0
+    )
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom e5v_search.storage.locking import WriterLock\n"
-         f"with WriterLock({str(index)!r}, 'ingest'):\n"
-         "    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom e5v_search.storage.locking import WriterLock\n"
+            f"with WriterLock({str(index)!r}, 'ingest'):\n"
+            "    print('held', flush=True)\n    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
-    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "1", "--index", index,
-                          env=env)  # fmt: skip
+    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "1", "--index", index, env=env)
     assert code == 1
     assert "waiting for the ingest started at" in err and f"pid {holder.pid}" in err
     assert "gave up after 1 s" in err and "Traceback" not in err
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "5", "--index", index,
-                          env=env)  # fmt: skip
+    code, out, err = _run("delete", "--id", "1", "--lock-timeout", "5", "--index", index, env=env)
     assert code == 0, err
     _assert_every_item_finds_itself(index)
 
@@ -176,13 +198,22 @@ WRITERS = {
 
 @pytest.mark.parametrize(
     "first, second, texts",
-    [("ingest", "rebuild-ivf", 1200), ("ingest", "rebuild-budget", 1200),
-     ("ingest", "delete", 600), ("delete", "rebuild-ivf", 0), ("delete", "rebuild-flat", 0)],
-)  # fmt: skip
+    [
+        ("ingest", "rebuild-ivf", 1200),
+        ("ingest", "rebuild-budget", 1200),
+        ("ingest", "delete", 600),
+        ("delete", "rebuild-ivf", 0),
+        ("delete", "rebuild-flat", 0),
+    ],
+)
 def test_two_writers_at_once_both_land(tmp_path, env, first, second, texts):
     index = tmp_path / "ix"
-    assert _run("ingest", _lines(tmp_path / "t.txt", 600, "t"), "--index", index, "--quiet",
-                env=env)[0] == 0  # fmt: skip
+    assert (
+        _run("ingest", _lines(tmp_path / "t.txt", 600, "t"), "--index", index, "--quiet", env=env)[
+            0
+        ]
+        == 0
+    )
     _lines(tmp_path / "u.txt", 600, "u")
 
     def command(name):
@@ -204,8 +235,10 @@ def test_two_writers_at_once_both_land(tmp_path, env, first, second, texts):
 
 def test_a_server_follows_a_cli_ingest_and_delete(tmp_path, env, tiny_dir):
     index = tmp_path / "ix"
-    assert _run("ingest", _lines(tmp_path / "t.txt", 10, "t"), "--index", index, "--quiet",
-                env=env)[0] == 0  # fmt: skip
+    assert (
+        _run("ingest", _lines(tmp_path / "t.txt", 10, "t"), "--index", index, "--quiet", env=env)[0]
+        == 0
+    )
     engine = Engine.open(index, model=str(tiny_dir), device="cpu")
     app = create_app(engine)
     new = "A brand new sentence about a horse."
@@ -232,27 +265,40 @@ def test_an_on_disk_rebuild_beside_a_delete_and_an_add(tmp_path):
     from e5v_search.testing import clustered_vectors
 
     index, dim = tmp_path / "ix", 64
-    spec = Spec(**{"model": "m", "revision": None, "dim": dim, "dtype": "float32",
-            "prompt_version": "e5v-1"})  # fmt: skip
+    spec = Spec(
+        **{
+            "model": "m",
+            "revision": None,
+            "dim": dim,
+            "dtype": "float32",
+            "prompt_version": "e5v-1",
+        }
+    )
     with Store.open(index, create=True) as store:
         items = [{"modality": "image", "source": str(i)} for i in range(6000)]
         store.add(items, clustered_vectors(6000, dim, seed=1), spec)
     budget = 500_000 + ondisk.FLAT_OVERHEAD
-    code = ("import sys\nfrom e5v_search.spec import Spec\n"
-            "from e5v_search.storage.store import Store\n"
-            "from e5v_search.testing import clustered_vectors\n"
-            f"s = Store.open({str(index)!r})\n")  # fmt: skip
+    code = (
+        "import sys\nfrom e5v_search.spec import Spec\n"
+        "from e5v_search.storage.store import Store\n"
+        "from e5v_search.testing import clustered_vectors\n"
+        f"s = Store.open({str(index)!r})\n"
+    )
     rebuild = code + f"print(s.rebuild(max_memory={budget})[0]['factory'])\n"
     add = code + (
         "s.add([{'modality': 'image', 'source': f'new{i}'} for i in range(100)],"
         " clustered_vectors(100, 64, seed=5), Spec(**s.catalog.spec()))\n"
     )
     processes = [
-        subprocess.Popen([sys.executable, "-c", rebuild], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            [sys.executable, "-c", rebuild],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
         _cli("delete", *[f"--id={i}" for i in range(1, 51)], "--index", index, env=os.environ),
         subprocess.Popen([sys.executable, "-c", add], stderr=subprocess.PIPE, text=True),
-    ]  # fmt: skip
+    ]
     for process in processes:
         out, err = process.communicate(timeout=240)
         assert process.returncode == 0, err

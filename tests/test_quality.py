@@ -40,14 +40,24 @@ def engine(tmp_path_factory, trained_dir, corpus):
 
 def _caption_top1(engine, records, image_of) -> float:
     """Share of captions whose top image is theirs (image_of maps a record to a source path)."""
-    hits = [engine.search(r["text"], k=1, modality="image")[0].source == str(image_of(r))
-            for r in records]  # fmt: skip
+    hits = [
+        engine.search(r["text"], k=1, modality="image")[0].source == str(image_of(r))
+        for r in records
+    ]
     return float(np.mean(hits))
 
 
 def test_eval_retrieval_recall_is_far_above_chance(trained_dir, corpus):
-    args = ["eval", "retrieval", "--images", str(corpus["root"]), "--captions",
-            str(corpus["captions"]), "--caption-field", "text"]  # fmt: skip
+    args = [
+        "eval",
+        "retrieval",
+        "--images",
+        str(corpus["root"]),
+        "--captions",
+        str(corpus["captions"]),
+        "--caption-field",
+        "text",
+    ]
     env = {"E5V_MODEL": str(trained_dir), "E5V_DEVICE": "cpu"}
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
@@ -60,8 +70,12 @@ def test_eval_retrieval_recall_is_far_above_chance(trained_dir, corpus):
 def test_captions_find_their_images_and_images_their_captions(engine, corpus):
     root = corpus["root"]
     t2i = _caption_top1(engine, corpus["records"], lambda r: root / r["image"])
-    i2t = np.mean([engine.search(image=root / r["image"], k=1, modality="text")[0].text
-                   == r["text"] for r in corpus["records"]])  # fmt: skip
+    i2t = np.mean(
+        [
+            engine.search(image=root / r["image"], k=1, modality="text")[0].text == r["text"]
+            for r in corpus["records"]
+        ]
+    )
     assert t2i >= 0.75 and i2t >= 0.75, (t2i, i2t)  # measured 44 and 44 of 48
 
 
@@ -96,8 +110,9 @@ def test_odd_sizes_and_exif_rotated_copies_are_found_by_their_captions(
         for folder, suffix in ((odd, ".png"), (rotated, ".jpg"), (sideways, ".png")):
             hits = []
             for r in records:  # each caption searches one folder's 48 images
-                top = e.search(r["text"], k=1, modality="image",
-                               where="source LIKE ?", params=[f"{folder}/%"])  # fmt: skip
+                top = e.search(
+                    r["text"], k=1, modality="image", where="source LIKE ?", params=[f"{folder}/%"]
+                )
                 want = folder / (r["image"].replace("/", "-").replace(".png", suffix))
                 hits.append(top[0].source == str(want))
             scores[folder.name] = float(np.mean(hits))
@@ -108,17 +123,25 @@ def test_odd_sizes_and_exif_rotated_copies_are_found_by_their_captions(
 
 def test_an_uploaded_new_drawing_finds_its_caption(engine):
     rng = random.Random(7)
-    combos = [("red", "circle", "grey"), ("blue", "square", "pale"),
-              ("yellow", "stripe", "grey"), ("green", "triangle", "pale"),
-              ("black", "circle", "pale"), ("white", "square", "grey")]  # fmt: skip
+    combos = [
+        ("red", "circle", "grey"),
+        ("blue", "square", "pale"),
+        ("yellow", "stripe", "grey"),
+        ("green", "triangle", "pale"),
+        ("black", "circle", "pale"),
+        ("white", "square", "grey"),
+    ]
     app = create_app(engine)
     hits = 0
     with TestClient(app, base_url="http://127.0.0.1") as client:
         for combo in combos:
             buffer = io.BytesIO()
             draw_shape(*combo, rng=rng).save(buffer, format="PNG")  # moved and resized: new
-            body = client.post("/api/search/image", files={"file": ("q.png", buffer.getvalue())},
-                               data={"type": "text", "k": "1"})  # fmt: skip
+            body = client.post(
+                "/api/search/image",
+                files={"file": ("q.png", buffer.getvalue())},
+                data={"type": "text", "k": "1"},
+            )
             assert body.status_code == 200, body.text
             hits += body.json()["results"][0]["text"] == caption(*combo)
     app.state.worker.close()

@@ -28,8 +28,11 @@ def full(trained_dir, shaped_images):
 def test_a_quantized_model_embeds_close_to_full_precision(trained_dir, full, quantize):
     reference, images = full
     encoder = E5VEncoder.from_pretrained(str(trained_dir), device="cpu", quantize=quantize)
-    kinds = {type(m).__name__ for name, m in encoder.model.named_modules()
-             if name.startswith("language_model.layers")}  # fmt: skip
+    kinds = {
+        type(m).__name__
+        for name, m in encoder.model.named_modules()
+        if name.startswith("language_model.layers")
+    }
     assert {"int8": "Linear8bitLt", "nf4": "Linear4bit"}[quantize] in kinds
     assert not any("bit" in type(m).__name__ for m in encoder.model.vision_tower.modules())
     got = np.concatenate([encoder.embed_texts(TEXTS), encoder.embed_images(images)])
@@ -58,9 +61,10 @@ def test_an_index_says_when_a_query_model_has_another_precision(tmp_path, traine
             "equal (`e5v-search check --dtype/--quantize` measures how close)"
         ]
     result = CliRunner().invoke(
-        cli, ["search", TEXTS[0], "--index", str(path), "--type", "text", "--quantize", "int8"],
+        cli,
+        ["search", TEXTS[0], "--index", str(path), "--type", "text", "--quantize", "int8"],
         env={"E5V_MODEL": model, "E5V_DEVICE": "cpu"},
-    )  # fmt: skip
+    )
     assert result.exit_code == 0 and "query in bfloat16 + int8" in result.stderr
 
 

@@ -71,9 +71,12 @@ def test_a_killed_ray_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_d
     env = dict(os.environ, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        command + ["--index", str(killed)], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        command + ["--index", str(killed)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     shards = killed / "ray-shards"
     while time.time() < deadline and process.poll() is None:

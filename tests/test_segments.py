@@ -182,8 +182,12 @@ def test_a_writer_killed_in_a_seal_merge_or_switch_loses_nothing(tmp_path, small
     path = tmp_path / "ix"
     _grow(path, rounds=15).close()
     env = {**os.environ, segments.FAILPOINT: point}
-    writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(path), point],
-                              env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(path), point],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         said = []
         while not said or said[-1] != f"failpoint {point}":

@@ -140,7 +140,7 @@ def test_bad_requests_get_a_4xx_and_a_message(served):
         (upload("a.png", b""), 400, "empty"),
         (upload("big.png", _png() + b"0" * 300_000), 413, "over"),
         (upload("cut.png", _png()[:70]), 400, "cannot be decoded"),
-    ]  # fmt: skip
+    ]
     for response, status, message in cases:
         assert response.status_code == status, (response.request.url, response.text)
         assert message in response.json()["detail"] if message else True

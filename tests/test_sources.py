@@ -38,8 +38,10 @@ def test_text_files_give_one_item_per_line_row_or_record(tmp_path):
     entries = list(scan([tmp_path / "t.txt", tmp_path / "c.jsonl"]))
     items = [e for e in entries if isinstance(e, SourceItem)]
     assert [(i.locator, i.text) for i in items] == [
-        ("line 1", "first line"), ("line 3", "second"), ("line 1", "a dog")
-    ]  # fmt: skip
+        ("line 1", "first line"),
+        ("line 3", "second"),
+        ("line 1", "a dog"),
+    ]
     assert items[2].metadata == {"tag": 1}
     reasons = {e.locator: e.reason for e in entries if isinstance(e, SourceError)}
     assert "no 'text' field" in reasons["line 2"]

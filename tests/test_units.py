@@ -119,13 +119,23 @@ def test_a_checkpoint_too_big_for_fp32_in_ram_loads_in_bf16_on_a_cpu():
     from e5v_search.model.loading import cpu_dtype, estimated_parameters
 
     e5v = LlavaNextConfig(
-        text_config=LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                                num_hidden_layers=32, num_attention_heads=32,
-                                num_key_value_heads=8),
-        vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
-                                       num_hidden_layers=24, num_attention_heads=16,
-                                       image_size=336, patch_size=14),
-    )  # fmt: skip
+        text_config=LlamaConfig(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+        ),
+        vision_config=CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+        ),
+    )
     parameters = estimated_parameters(e5v)
     assert abs(parameters - 8.36e9) / 8.36e9 < 0.01  # E5-V: 8.36 B parameters
     gib = 2**30

@@ -1,9 +1,11 @@
 """The storage layer: an index directory, with no model.
 
 catalog (SQLite, the source of truth) and its migrations, commits (what the catalog committed,
-remembered outside it), faiss_ops (numpy-in numpy-out FAISS helpers), ondisk (indexes past RAM),
-segments (sealed segments, a delta and masks: what a save writes), policy (the type follows the
-collection), locking (the writer lock), integrity (the manifest and the checks of its files),
-verify (every byte checked), search (plain, filtered, re-ranked) and store (catalog + one FAISS
-index per modality, kept in step across crashes and processes).
+remembered outside it), faiss_ops (plain FAISS, numpy in and out), ondisk (indexes past RAM),
+segments (one modality's index: sealed segments, a delta and masks) and older (layouts of
+earlier versions), manifest (the typed record of the files), integrity (their checks), loading
+(opening and catching up), rebuild (building from the stored vectors), policy (the type follows
+the collection), locking (the writer lock), problems (writes the disk refuses), verify (every
+byte checked), search (plain, filtered, re-ranked) and store (the Store: what is open, and the
+one way to write).
 """

@@ -25,8 +25,9 @@ _POLL = 0.1
 
 
 class WriterLock:
-    def __init__(self, directory: str | Path, purpose: str, timeout: float | None = None,
-                 on_wait=None):  # fmt: skip
+    def __init__(
+        self, directory: str | Path, purpose: str, timeout: float | None = None, on_wait=None
+    ):
         self.path = Path(directory) / LOCK_FILE
         self.purpose = purpose
         self.timeout = LOCK_TIMEOUT if timeout is None else float(timeout)

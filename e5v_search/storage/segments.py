@@ -401,8 +401,12 @@ def fill(delta, numbers, sizes, ids, codes) -> None:
     """Lists (numbers, sizes, and all their ids and codes in order) into an IVF index."""
     code_size, start = fx.ivf_of(delta).code_size, 0
     for number, size in zip(numbers, sizes, strict=True):
-        _add_entries(delta, int(number), ids[start : start + size],
-                     codes[start * code_size : (start + size) * code_size])  # fmt: skip
+        _add_entries(
+            delta,
+            int(number),
+            ids[start : start + size],
+            codes[start * code_size : (start + size) * code_size],
+        )
         start += int(size)
 
 
