@@ -27,6 +27,7 @@ $(CHROMIUM):
 test: $(VENV)/.installed $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 format: $(VENV)/.installed

@@ -22,6 +22,7 @@ from e5v_search.cli import cli
 from e5v_search.spec import Spec
 from e5v_search.storage import integrity
 from e5v_search.storage.commits import describe
+from e5v_search.storage.manifest import checksum
 from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
@@ -390,7 +391,7 @@ def test_an_ivfdata_zeroed_in_its_second_half_is_named(on_disk):
     for name in ("manifest.json", "manifest.backup.json"):
         manifest = json.loads((path / name).read_text())
         del manifest["indexes"]["text"]["files"][f"{stem}.ivfdata"]["probe"]
-        manifest["checksum"] = integrity._checksum(manifest)
+        manifest["checksum"] = checksum(manifest)
         (path / name).write_text(json.dumps(manifest))
     result = _cli("search", "--like", "1", "-k", "50", "--index", path)
     _one_line_error(result, 1, f"{stem}.ivfdata is damaged: a search returned id")

@@ -197,3 +197,27 @@ def test_the_model_worker_batches_waiting_texts_and_caches_repeats():
     worker.embed_text("xx")
     assert len(calls) == 2  # from the cache
     worker.close()
+
+
+def test_the_servers_own_state_is_a_503_and_the_requests_fault_a_400(served):
+    """A damaged index is the server's state, not the request's: 503 with what mends it."""
+    from e5v_search.errors import (
+        E5VSearchError,
+        IndexBusyError,
+        IndexDamagedError,
+        InputError,
+        ModelLoadError,
+    )
+    from e5v_search.serving.app import status_of
+
+    assert status_of(InputError("x")) == 400
+    assert status_of(IndexDamagedError("x")) == status_of(IndexBusyError("x")) == 503
+    assert status_of(ModelLoadError("x")) == 503 and status_of(E5VSearchError("x")) == 500
+    client, engine, _ = served
+    engine.store.damaged["image"] = "image.s9.faiss is damaged: `e5v-search rebuild` mends it"
+    try:
+        answer = client.get("/api/search", params={"q": "a dog", "type": "image"})
+    finally:
+        del engine.store.damaged["image"]
+    assert answer.status_code == 503 and "e5v-search rebuild" in answer.json()["detail"]
+    assert client.get("/api/search", params={"q": " "}).status_code == 400

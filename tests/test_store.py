@@ -466,3 +466,19 @@ def test_half_precision_vectors_are_stored_as_float16_and_older_ones_compacted(t
     after = store.search(queries, k=10)
     assert [[h.id for h in r] for r in after[:5]] == [[h.id for h in r] for r in before[:5]]
     assert store.rebuild()[0].get("note") is None  # nothing left to rewrite
+
+
+def test_one_write_block_is_one_save_and_one_generation(tmp_path, monkeypatch):
+    from e5v_search.storage.manifest import Manifest
+
+    store, ids, vectors, _ = _fill(tmp_path / "ix")
+    before, writes = store.save_id, []
+    real = Manifest.write
+    monkeypatch.setattr(Manifest, "write", lambda self, folder: writes.append(real(self, folder)))
+    with store.writing("ingest"):
+        store.add(_items(3, start=5000), clustered_vectors(3, DIM, seed=8), SPEC)
+        store.save()  # inside the block: the block's end saves
+        store.delete(ids[:2])
+        store.rebuild()
+        assert writes == [] and store.save_id == before
+    assert len(writes) == 1 and store.save_id != before
