@@ -40,7 +40,7 @@ import sqlite_utils
 from ..errors import IndexDamagedError, IndexWriteError, InputError
 from ..spec import Spec, check
 from . import commits
-from .migrations import migrate, transaction
+from .migrations import migrate
 
 MODALITIES = ("image", "text")
 ITEM_FIELDS = (
@@ -53,6 +53,23 @@ _METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connections)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *exc):
+        if not exc_type:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
+            self.conn.execute("ROLLBACK")
+        return False
 
 
 HALF_DTYPES = ("float16", "bfloat16")  # models whose vectors are stored as float16
