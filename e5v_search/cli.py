@@ -23,6 +23,7 @@ from .config import (
     index_path,
 )
 from .errors import E5VSearchError, InputError
+from .filters import parse_filters
 
 
 def model_options(command):
@@ -320,7 +321,7 @@ def search(
       e5v-search search --image cat.jpg --type image -k 5
       e5v-search search "a horse" --add "stripes" --subtract "black and white"
     """
-    filters = _filters(meta)
+    filters = parse_filters(meta)
     if where and filters:
         raise click.UsageError("use --where or --meta, not both")
     with _open_engine(index, **model_args) as engine:
@@ -439,7 +440,7 @@ def delete(index, ids, source_prefix, where, meta, dry_run, yes, everything):
     A prefix or filter that selects every item is refused without --all (an unset $DIR must
     not empty an index); above 100 items it asks first (--yes does not ask).
     """
-    filters = _filters(meta)
+    filters = parse_filters(meta)
     with _open_engine(index) as engine:
         _echo_notices(engine)
         where = where or filters or None
@@ -667,12 +668,6 @@ def index_recall(index, sample, k):
         factory = {m: e["factory"] for m, e in engine.info()["indexes"].items()}
         for pair, value in engine.recall(k=k, sample=sample).items():
             click.echo(f"recall@{k} {pair} ({factory[pair.split('->')[1]]}): {value:.3f}")
-
-
-def _filters(pairs) -> dict:
-    from .storage.catalog import parse_filters  # here: `--help` stays free of numpy and SQLite
-
-    return parse_filters(pairs)
 
 
 def _describe_row(row) -> str:

@@ -21,10 +21,11 @@ import numpy as np
 
 from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
+from .filters import metadata_filter
 from .ingest.run import Ingestion
 from .model.images import IMAGE_EXTENSIONS
 from .spec import Spec
-from .storage.catalog import MODALITIES, metadata_filter
+from .storage.catalog import MODALITIES
 from .storage.store import Store
 
 # What a query returns when its caller does not say: the other modality (a text finds images);

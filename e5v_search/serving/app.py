@@ -28,8 +28,8 @@ from pydantic import BaseModel
 from ..config import MAX_PIXELS, MAX_UPLOAD_BYTES
 from ..engine import TARGET_OF, Result
 from ..errors import E5VSearchError, InputError
+from ..filters import parse_filters
 from ..model.images import upright_rgb
-from ..storage.catalog import parse_filters
 from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
 from .worker import ModelWorker

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import zlib
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ import numpy as np
 import sqlite_utils
 
 from ..errors import IndexDamagedError, IndexWriteError, InputError
+from ..filters import one_expression
 from ..spec import Spec, check
 from . import commits
 from .migrations import migrate
@@ -48,7 +48,6 @@ ITEM_FIELDS = (
     "file_size", "file_mtime_ns",
 )  # fmt: skip
 _CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
-_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def now() -> str:
@@ -99,53 +98,6 @@ def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
             np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), dim).astype(np.float32)
         )
     return np.concatenate([decode_vectors([blob], dim) for blob in blobs])
-
-
-def parse_filters(pairs) -> dict:
-    """["album=2024", "color=red"] -> {"album": "2024", "color": "red"} (CLI and HTTP)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"filter {pair!r}: write KEY=VALUE")
-        out[key] = value
-    return out
-
-
-def one_expression(where: str) -> str:
-    """`where` if it is one SQL expression: parentheses that never close more than they open,
-    no statement separator and no comment outside quotes. Otherwise a filter such as
-    `0) UNION SELECT id FROM items --` would step out of the parentheses it is put in."""
-    depth, quote, i = 0, None, 0
-    while i < len(where):
-        char = where[i]
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"`[":
-            quote = "]" if char == "[" else char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise InputError(f"bad filter {where!r}: a ')' closes more than it opened")
-        elif char == ";" or where.startswith(("--", "/*"), i):
-            raise InputError(f"bad filter {where!r}: one condition, without ';' or comments")
-        i += 1
-    if depth or quote:
-        raise InputError(f"bad filter {where!r}: unbalanced parentheses or quotes")
-    return where
-
-
-def metadata_filter(filters: dict) -> tuple[str, list]:
-    """{"label": "dog", "size.w": 3} -> an SQL condition on the metadata JSON and its params."""
-    clauses, params = [], []
-    for key, value in filters.items():
-        if not _METADATA_KEY.match(key):
-            raise InputError(f"metadata key {key!r}: use letters, digits, _ and dots")
-        clauses.append(f"json_extract(metadata, '$.{key}') = ?")
-        params.append(value)
-    return " AND ".join(clauses) or "1", params
 
 
 class Catalog:
