@@ -1,27 +1,20 @@
 """The catalog: one SQLite file (sqlite-utils, WAL) that is the source of truth of an index.
 
 It holds every item (modality, source, text, content hash, image size, user metadata), its
-vector, the embedding spec the vectors were made with, and the ingest errors. The FAISS files
-beside it are derived from it and can always be rebuilt from it without re-encoding.
-
-Vector blob format (`vectors.vector`): the embedding as `dim` little-endian values, nothing
-else, at the precision the model computed it: float32 (`dim * 4` bytes; 16 KiB for E5-V's 4096)
-from a float32 model, float16 (8 KiB) from a float16 or bfloat16 one (E5-V on a GPU): float16
-keeps every bit a float16 model had and more than bfloat16's, at half the disk and half the
-reads of a rebuild or a re-ranking. A blob's length says which, so a catalog can hold both
-(`compact_vectors` rewrites older float32 blobs of a half-precision catalog).
+vector (in the blob format of blobs.py), the embedding spec the vectors were made with, and the
+ingest errors. The FAISS files beside it are derived from it and can always be rebuilt from it
+without re-encoding. Its schema changes only through the named migrations of migrations.py, run
+when a writer opens it.
 
 Every write is one transaction that takes the next value of a change counter (`seq`) and stamps
 it on the items it writes (and on the ids it deletes, in `deleted`), so an index file that
 missed some changes knows exactly which ones (see store.py). Ids are never reused; after each
 commit `commits.json` remembers the counter, so a commit SQLite loses is named (commits.py).
 
-Each row carries a CRC-32 (`vectors.checksum` of the blob, `items.checksum` of the item's
-fields, see `item_checksum`), written in the same transaction: a vector read for a rebuild, a
-re-ranking or a filtered search is checked first, and a damaged one is named and skipped (in
-`damaged_rows`), never indexed or scored. Rows written before checksums (NULL) are read as they
-are. Readers open the file read-only (`Catalog(path, writable=False)`), so they write nothing,
-even on read-only media.
+Each row carries its CRC-32s (blobs.py), written in the same transaction: a vector read for a
+rebuild, a re-ranking or a filtered search is checked first, and a damaged one is named and
+skipped (in `damaged_rows`), never indexed or scored. Readers open the file read-only
+(`Catalog(path, writable=False)`), so they write nothing, even on read-only media.
 """
 
 from __future__ import annotations
@@ -40,13 +33,19 @@ from ..errors import IndexDamagedError, IndexWriteError, InputError
 from ..filters import one_expression
 from ..spec import Spec, check
 from . import commits
+from .blobs import (
+    CHECKED_FIELDS,
+    HALF_DTYPES,
+    decode_vectors,
+    encode_vectors,
+    item_checksum,
+    stored_dtype,
+    vector_damage,
+)
 from .migrations import migrate
 
 MODALITIES = ("image", "text")
-ITEM_FIELDS = (
-    "source", "locator", "text", "content_hash", "width", "height", "metadata",
-    "file_size", "file_mtime_ns",
-)  # fmt: skip
+ITEM_FIELDS = (*CHECKED_FIELDS, "file_size", "file_mtime_ns")  # and the file state
 _CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
 
 
@@ -69,35 +68,6 @@ class transaction:
         elif self.conn.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
             self.conn.execute("ROLLBACK")
         return False
-
-
-HALF_DTYPES = ("float16", "bfloat16")  # models whose vectors are stored as float16
-
-
-def stored_dtype(spec: Spec) -> str:
-    return "<f2" if spec.dtype in HALF_DTYPES else "<f4"
-
-
-def as_stored(vectors: np.ndarray, spec: Spec) -> np.ndarray:
-    """The vectors as the catalog will give them back (float32 values): what an index built
-    now must hold to equal one rebuilt from the catalog later."""
-    return np.asarray(vectors, dtype=stored_dtype(spec)).astype(np.float32)
-
-
-def encode_vectors(vectors: np.ndarray, dtype: str = "<f4") -> list[bytes]:
-    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=dtype)]
-
-
-def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
-    if not blobs:
-        return np.empty((0, dim), dtype=np.float32)
-    widths = {len(blob) for blob in blobs}
-    if len(widths) == 1:
-        dtype = "<f2" if widths == {2 * dim} else "<f4"
-        return (
-            np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), dim).astype(np.float32)
-        )
-    return np.concatenate([decode_vectors([blob], dim) for blob in blobs])
 
 
 class Catalog:
@@ -327,13 +297,13 @@ class Catalog:
         values = dict(zip(ITEM_FIELDS, _item_values(fields), strict=True))
         sets = {k: values[k] for k in fields}
         with transaction(self.conn):
-            if set(sets) & set(_CHECKED_FIELDS):  # the row's checksum covers it: recompute
+            if set(sets) & set(CHECKED_FIELDS):  # the row's checksum covers it: recompute
                 row = self.db.execute(
-                    f"SELECT modality, {', '.join(_CHECKED_FIELDS)} FROM items WHERE id = ?",
+                    f"SELECT modality, {', '.join(CHECKED_FIELDS)} FROM items WHERE id = ?",
                     [item_id],
                 ).fetchone()
                 if row is not None:
-                    stored = dict(zip(("modality", *_CHECKED_FIELDS), row, strict=True))
+                    stored = dict(zip(("modality", *CHECKED_FIELDS), row, strict=True))
                     sets["checksum"] = item_checksum({**stored, **sets})
             assignments = ", ".join(f"{k} = ?" for k in sets)
             self.conn.execute(
@@ -492,7 +462,7 @@ class Catalog:
         checked = unchecked = 0
         bad = []
         after, dim = 0, self.dim
-        fields = ", ".join(f"i.{f}" for f in ("modality", *_CHECKED_FIELDS))
+        fields = ", ".join(f"i.{f}" for f in ("modality", *CHECKED_FIELDS))
         while True:
             rows = self.conn.execute(
                 f"SELECT i.id, i.checksum, v.vector, v.checksum, {fields} FROM items i "
@@ -505,7 +475,7 @@ class Catalog:
             for item_id, item_sum, blob, vector_sum, *values in rows:
                 checked += 1
                 unchecked += item_sum is None or vector_sum is None
-                record = dict(zip(("modality", *_CHECKED_FIELDS), values, strict=True))
+                record = dict(zip(("modality", *CHECKED_FIELDS), values, strict=True))
                 if blob is None:
                     bad.append((item_id, record["source"], "its vector is missing"))
                 elif problem := vector_damage(blob, vector_sum, dim):
@@ -597,30 +567,10 @@ def _item_values(item: dict) -> tuple:
     )
 
 
-_CHECKED_FIELDS = ("source", "locator", "text", "content_hash", "width", "height", "metadata")
-
-
-def item_checksum(row: dict) -> int:
-    """CRC-32 of what an item is (not of its file state or time stamps, which may change)."""
-    values = [row.get("modality"), *(row.get(f) for f in _CHECKED_FIELDS)]
-    return zlib.crc32(json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-
-
 def _checksum_of(item: dict, values: tuple) -> int:
     return item_checksum(
         {"modality": item["modality"], **dict(zip(ITEM_FIELDS, values, strict=True))}
     )
-
-
-def vector_damage(blob, checksum, dim) -> str | None:
-    """What is wrong with a stored vector blob, or None (NULL checksum: written before them)."""
-    if blob is None:
-        return "missing"
-    if dim and len(blob) not in (2 * dim, 4 * dim):
-        return f"{len(blob)} bytes, not {2 * dim} or {4 * dim}"
-    if checksum is not None and zlib.crc32(blob) != checksum:
-        return "its checksum differs from the one written with it"
-    return None
 
 
 def _ensure_utf8(item: dict) -> None:

@@ -50,7 +50,8 @@ from ..errors import (
 from ..spec import Spec
 from . import commits, ondisk, segments
 from . import faiss_ops as fx
-from .catalog import MODALITIES, Catalog, as_stored, now
+from .blobs import as_stored
+from .catalog import MODALITIES, Catalog, now
 from .integrity import (
     catalog_damage,
     check_catalog_file,
