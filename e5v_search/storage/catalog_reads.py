@@ -2,8 +2,8 @@
 (a catalog opened read-only) calls. It holds no connection of its own: `Catalog` opens one.
 
 Vectors are read a chunk at a time and checked against their CRC-32 first (blobs.py): a damaged
-row is named in `damaged_rows` and left out, never indexed or scored. Lookups by id or key
-send one `IN (...)` per chunk of at most CHUNK values.
+row is named in `damaged_rows` and left out, never indexed or scored. Lookups by id, key or
+content hash send one `IN (...)` per chunk of at most CHUNK values.
 """
 
 from __future__ import annotations
@@ -118,13 +118,21 @@ class CatalogReads:
                 found[(row["source"], row["locator"])] = row
         return found
 
-    def find_hash(self, modality: str, content_hash: str) -> int | None:
-        """An item of this modality with this content: its vector can be reused."""
-        row = self.conn.execute(
-            "SELECT id FROM items WHERE modality = ? AND content_hash = ? LIMIT 1",
-            (modality, content_hash),
-        ).fetchone()
-        return row[0] if row else None
+    def find_hashes(self, modality: str, hashes) -> dict[str, int]:
+        """content hash -> id of an item of this modality with that content (the lowest id),
+        for those of `hashes` the catalog holds: their vectors can be reused. One query per
+        chunk of CHUNK hashes."""
+        found = {}
+        for chunk in chunks(list(dict.fromkeys(hashes))):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self.conn.execute(
+                    "SELECT content_hash, min(id) FROM items WHERE modality = ? AND "
+                    f"content_hash IN ({marks}) GROUP BY content_hash",
+                    [modality, *chunk],
+                )
+            )
+        return found
 
     def keys_in(self, scope: list[str]) -> dict[tuple[str, str], int]:
         """(source, locator) -> id of the items whose source is, or lies under, a scope entry."""
