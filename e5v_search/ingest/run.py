@@ -20,8 +20,9 @@ from typing import Any
 from ..config import default_workers
 from ..errors import EmbeddingError, NotRegularFileError
 from ..files import sha256_of
+from ..records import SourceError
 from ..spec import Spec
-from .sources import SourceError, SourceItem, scan, scope_of, text_hash
+from .sources import SourceItem, scan, scope_of, text_hash
 
 CHUNK = 64  # items committed together; bounds the decoded images held ahead of the model
 
