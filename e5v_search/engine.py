@@ -14,60 +14,24 @@ The model loads only when something must be embedded: a rerun over an unchanged 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .closing import Closing
 from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
+from .filters import metadata_filter
 from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
 from .model.loading import ModelChoice
+from .results import TARGET_OF, IngestReport, Result
 from .spec import Spec
-from .storage.catalog import MODALITIES, metadata_filter
+from .storage.catalog import MODALITIES
 from .storage.store import Store
 
-# What a query returns when its caller does not say: the other modality (a text finds images);
-# "more like" a stored item returns items of its own modality.
-TARGET_OF = {"text": "image", "image": "text", "composed": "image"}
 
-
-@dataclass
-class Result:
-    id: int
-    score: float
-    modality: str
-    source: str | None
-    locator: str
-    text: str | None
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    pruned: int = 0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    index_changes: list[str] = field(default_factory=list)  # types the policy switched, and why
-
-    @property
-    def items_per_second(self) -> float:
-        done = self.added + self.updated + self.unchanged
-        return done / self.seconds if self.seconds else 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "items_per_second": round(self.items_per_second, 2)}
-
-
-class Engine:
+class Engine(Closing):
     def __init__(self, store: Store, choice: ModelChoice, encoder=None):
         self.store = store
         self.choice: ModelChoice = choice
@@ -114,15 +78,6 @@ class Engine:
         store = Store.open(path, create=create, lock_timeout=lock_timeout, on_wait=on_wait)
         return cls(store, choice, encoder)
 
-    def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     @property
     def path(self) -> Path:
         return self.store.path
@@ -133,6 +88,10 @@ class Engine:
         if self._encoder is None:
             self._encoder = self.choice.load()
         return self._encoder
+
+    def close(self) -> None:
+        """Close the index (the model, if loaded, goes with the engine)."""
+        self.store.close()
 
     def spec(self) -> Spec:
         """The encoder's spec, checked against the index's once: a mismatch raises."""
@@ -288,7 +247,7 @@ class Engine:
             where, params = metadata_filter(where)
         hits = self.search_vectors(query / norm, k, target, where=where, params=params)[0]
         rows = {row["id"]: row for row in self.items([h.id for h in hits])}
-        return [_result(h, rows[h.id]) for h in hits if h.id in rows]
+        return [Result.of(h, rows[h.id]) for h in hits if h.id in rows]
 
     def search_vectors(self, queries, k: int, target: str, *, where=None, params=(), among=None):
         """Hits (id, score, modality) per query row, best first: the batch form evaluation
@@ -458,18 +417,6 @@ def _item_id(value) -> int:
     if not 1 <= number <= MAX_ID:
         raise InputError(f"item id {value} is out of range: ids run from 1 to {MAX_ID}")
     return number
-
-
-def _result(hit, row) -> Result:
-    return Result(
-        id=hit.id,
-        score=hit.score,
-        modality=hit.modality,
-        source=row["source"],
-        locator=row["locator"],
-        text=row["text"],
-        metadata=row["metadata"],
-    )
 
 
 __all__ = ["Engine", "IngestReport", "Result", "TARGET_OF"]

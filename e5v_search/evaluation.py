@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .records import SourceError, read_records
 
 KS = (1, 5, 10)
 # E5-V's zero-shot results (paper, table 1): R@1 and R@5, percent.
@@ -112,8 +113,6 @@ def load_triples(path: str | Path) -> Triples:
 
 def _rows(path: Path) -> list[dict]:
     """Every record of a .jsonl / .csv file; the first bad one stops the evaluation."""
-    from .ingest.sources import SourceError, read_records
-
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() not in (".jsonl", ".csv"):

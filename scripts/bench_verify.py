@@ -32,8 +32,7 @@ from benchlib import machine, record
 
 from e5v_search.config import parse_bytes
 from e5v_search.spec import Spec
-from e5v_search.storage import catalog as catalog_module
-from e5v_search.storage import segments
+from e5v_search.storage import catalog_reads, segments
 from e5v_search.storage import store as store_module
 from e5v_search.storage.store import Store
 from e5v_search.storage.verify import verify
@@ -44,14 +43,14 @@ QUERIES = 200
 @contextmanager
 def unchecked():
     """The checks switched off: what the same work cost before them."""
-    saved = (segments.Segments._check, catalog_module.vector_damage, store_module.damage_of)
+    saved = (segments.Segments._check, catalog_reads.vector_damage, store_module.damage_of)
     segments.Segments._check = lambda *args: None
-    catalog_module.vector_damage = lambda *args: None
+    catalog_reads.vector_damage = lambda *args: None
     store_module.damage_of = lambda *args: None
     try:
         yield
     finally:
-        segments.Segments._check, catalog_module.vector_damage, store_module.damage_of = saved
+        segments.Segments._check, catalog_reads.vector_damage, store_module.damage_of = saved
 
 
 def grow(store: Store, start: int, n: int, spec: Spec) -> None:

@@ -162,6 +162,43 @@ def test_identical_content_is_embedded_once(tmp_path, tiny_dir, corpus, monkeypa
         assert len(ids) == 3 and np.abs(vectors - vectors[0]).max() == 0
 
 
+def test_the_dedupe_lookup_is_one_in_per_chunk(tmp_path, tiny_dir, monkeypatch):
+    """Content stored already, or by an earlier item of the run, is looked up with one
+    `IN (...)` per chunk of the run, not one query per item, and copied as before."""
+    from e5v_search.ingest.run import CHUNK
+
+    distinct = [f"Caption number {i}." for i in range(10)]
+    (tmp_path / "first.txt").write_text("\n".join(distinct[:5]) + "\n")
+    lines = [distinct[i % 10] for i in range(5 * CHUNK)]
+    (tmp_path / "many.txt").write_text("\n".join(lines) + "\n")
+    with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
+        engine.ingest([tmp_path / "first.txt"], progress=False)
+        embedded = []
+        original = engine.encoder.embed_texts
+        monkeypatch.setattr(
+            engine.encoder,
+            "embed_texts",
+            lambda texts, **kw: embedded.extend(texts) or original(texts, **kw),
+        )
+        statements = []
+        engine.store.catalog.conn.set_trace_callback(statements.append)
+        report = engine.ingest([tmp_path / "many.txt"], progress=False)
+        engine.store.catalog.conn.set_trace_callback(None)
+        catalog = engine.store.catalog
+        rows = catalog.get(catalog.ids("text"))
+        vectors = catalog.vectors([row["id"] for row in rows])
+    lookups = [sql for sql in statements if "content_hash" in sql and "FROM items" in sql]
+    # One per chunk when planned; one more when a chunk copies content an earlier chunk of the
+    # run, still being committed when it was planned, embeds.
+    assert 5 <= len(lookups) <= 10 and all("content_hash IN (" in sql for sql in lookups)
+    assert report.added == len(lines) and sorted(embedded) == distinct[5:]  # each once
+    first = {}
+    for row, vector in zip(rows, vectors, strict=True):
+        first.setdefault(row["text"], vector)
+        assert np.array_equal(vector, first[row["text"]])  # a copy: the same bytes
+    assert len(rows) == 5 + len(lines) and set(first) == set(distinct)
+
+
 def _bad_inputs(folder):
     folder.mkdir()
     good = Image.new("RGB", (60, 40), (9, 9, 9))

@@ -20,8 +20,9 @@ from typing import Any
 from ..config import default_workers
 from ..errors import EmbeddingError, NotRegularFileError
 from ..files import sha256_of
+from ..records import SourceError
 from ..spec import Spec
-from .sources import SourceError, SourceItem, scan, scope_of, text_hash
+from .sources import SourceItem, scan, scope_of, text_hash
 
 CHUNK = 64  # items committed together; bounds the decoded images held ahead of the model
 
@@ -123,22 +124,40 @@ class Ingestion:
             else:
                 outcomes.append(Outcome(item, row))
         list(hashers.map(_hash_image, [o for o in outcomes if o.item.modality == "image"]))
+        held = self._held(
+            o.content_key
+            for o in outcomes
+            if o.error is None and not o.unchanged and o.content_key not in self._pending
+        )
         for outcome in outcomes:
-            self._decide(outcome)
+            self._decide(outcome, held)
         if any(o.needs_vector for o in outcomes):
             self.spec()  # refuse a model the index was not built with before any work
         return outcomes
 
-    def _decide(self, outcome: Outcome) -> None:
-        """The one dedupe rule: content stored already, or to be stored by an earlier item of
-        this run, is copied; anything else new or changed is embedded."""
+    def _decide(self, outcome: Outcome, held: dict[tuple[str, str], int]) -> None:
+        """The one dedupe rule: content stored already (`held`: what `_held` found), or to be
+        stored by an earlier item of this run, is copied; anything else new or changed is
+        embedded."""
         if outcome.error is not None or outcome.unchanged:
             return
         key = outcome.content_key
-        outcome.copy_of = None if key in self._pending else self.catalog.find_hash(*key)
+        outcome.copy_of = None if key in self._pending else held.get(key)
         outcome.copy = key in self._pending or outcome.copy_of is not None
         if not outcome.copy:
             self._pending.add(key)
+
+    def _held(self, keys) -> dict[tuple[str, str], int]:
+        """(modality, content hash) -> a stored item with that content, for those of `keys` the
+        catalog holds: one lookup per modality (an `IN (...)`), not one per item."""
+        hashes: dict[str, list[str]] = {}
+        for modality, content_hash in keys:
+            hashes.setdefault(modality, []).append(content_hash)
+        return {
+            (modality, content_hash): item_id
+            for modality, values in hashes.items()
+            for content_hash, item_id in self.catalog.find_hashes(modality, values).items()
+        }
 
     # -- committing ----------------------------------------------------------------------------
 
@@ -179,6 +198,11 @@ class Ingestion:
         """Copies take the vector (and an image's size) of the same content embedded in this
         chunk, or stored by an earlier one."""
         here = {o.content_key: o for o in outcomes if o.vector is not None and not o.copy}
+        held = self._held(
+            o.content_key
+            for o in outcomes
+            if o.copy and not o.error and o.content_key not in here and o.copy_of is None
+        )
         for outcome in outcomes:
             if not outcome.copy or outcome.error:
                 continue
@@ -186,7 +210,7 @@ class Ingestion:
             if twin is not None:
                 outcome.vector, outcome.size = twin.vector, twin.size
                 continue
-            found = outcome.copy_of or self.catalog.find_hash(*outcome.content_key)
+            found = outcome.copy_of or held.get(outcome.content_key)
             if found is None:  # its twin failed (a non-finite vector): so does it
                 outcome.fail("the same content as an item that could not be embedded")
                 continue

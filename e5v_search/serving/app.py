@@ -25,21 +25,12 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from .. import errors
 from ..config import MAX_PIXELS, MAX_UPLOAD_BYTES
-from ..engine import Result
-from ..errors import (
-    E5VSearchError,
-    EmbeddingError,
-    IndexBusyError,
-    IndexDamagedError,
-    IndexNotFoundError,
-    IndexWriteError,
-    InputError,
-    ModelLoadError,
-    SpecMismatchError,
-)
+from ..errors import E5VSearchError
+from ..filters import parse_filters
 from ..images import upright_rgb
-from ..storage.catalog import parse_filters
+from ..results import Result
 from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
 from .worker import ModelWorker
@@ -204,7 +195,7 @@ def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
         row = index.item(item_id, image=True)
         try:
             path = thumbnails.get(row, size)
-        except InputError as error:
+        except errors.InputError as error:
             raise HTTPException(404, f"image {item_id} cannot be read now: {error}") from error
         return FileResponse(
             path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
@@ -222,13 +213,19 @@ def status_of(error: E5VSearchError) -> int:
     """A library error as an HTTP status: the request's fault is a 4xx; the server's own state
     (a writer holding the lock, a damaged index, media it cannot write, a model that will not
     load) is a 503 with the message that says what to do; anything else is a real bug, 500."""
-    if isinstance(error, SpecMismatchError | ModelLoadError):
+    servers = (
+        errors.SpecMismatchError,
+        errors.ModelLoadError,
+        errors.IndexBusyError,
+        errors.IndexDamagedError,
+        errors.IndexWriteError,
+        errors.IndexNotFoundError,
+    )
+    if isinstance(error, servers):
         return 503
-    if isinstance(error, InputError):
+    if isinstance(error, errors.InputError):
         return 400
-    if isinstance(error, IndexBusyError | IndexDamagedError | IndexWriteError | IndexNotFoundError):
-        return 503
-    if isinstance(error, EmbeddingError):
+    if isinstance(error, errors.EmbeddingError):
         return 422  # this input gives no finite vector
     return 500
 

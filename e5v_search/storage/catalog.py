@@ -1,34 +1,26 @@
 """The catalog: one SQLite file (sqlite-utils, WAL) that is the source of truth of an index.
 
 It holds every item (modality, source, text, content hash, image size, user metadata), its
-vector, the embedding spec the vectors were made with, and the ingest errors. The FAISS files
-beside it are derived from it and can always be rebuilt from it without re-encoding.
-
-Vector blob format (`vectors.vector`): the embedding as `dim` little-endian values, nothing
-else, at the precision the model computed it: float32 (`dim * 4` bytes; 16 KiB for E5-V's 4096)
-from a float32 model, float16 (8 KiB) from a float16 or bfloat16 one (E5-V on a GPU): float16
-keeps every bit a float16 model had and more than bfloat16's, at half the disk and half the
-reads of a rebuild or a re-ranking. A blob's length says which, so a catalog can hold both
-(`compact_vectors` rewrites older float32 blobs of a half-precision catalog).
+vector (in the blob format of blobs.py), the embedding spec the vectors were made with, and the
+ingest errors. The FAISS files beside it are derived from it and can always be rebuilt from it
+without re-encoding. Its schema changes only through the named migrations of migrations.py, run
+when a writer opens it.
 
 Every write is one transaction that takes the next value of a change counter (`seq`) and stamps
 it on the items it writes (and on the ids it deletes, in `deleted`), so an index file that
 missed some changes knows exactly which ones (see store.py). Ids are never reused; after each
 commit `commits.json` remembers the counter, so a commit SQLite loses is named (commits.py).
 
-Each row carries a CRC-32 (`vectors.checksum` of the blob, `items.checksum` of the item's
-fields, see `item_checksum`), written in the same transaction: a vector read for a rebuild, a
-re-ranking or a filtered search is checked first, and a damaged one is named and skipped (in
-`damaged_rows`), never indexed or scored. Rows written before checksums (NULL) are read as they
-are. Readers open the file read-only (`Catalog(path, writable=False)`), so they write nothing,
-even on read-only media.
+Each row carries its CRC-32s (blobs.py), written in the same transaction: a vector read for a
+rebuild, a re-ranking or a filtered search is checked first, and a damaged one is named and
+skipped (in `damaged_rows`), never indexed or scored. Readers open the file read-only
+(`Catalog(path, writable=False)`), so they write nothing, even on read-only media; all they
+call is in catalog_reads.py, the base of `Catalog`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import sqlite3
 import zlib
 from datetime import datetime, timezone
@@ -37,101 +29,28 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-from ..errors import IndexDamagedError, IndexWriteError, InputError
-from ..spec import Spec, check
+from ..closing import Closing
+from ..errors import IndexWriteError, InputError
+from ..spec import Spec
 from . import commits
-from .migrations import migrate, transaction
+from .blobs import (
+    CHECKED_FIELDS,
+    HALF_DTYPES,
+    decode_vectors,
+    encode_vectors,
+    item_checksum,
+    stored_dtype,
+)
+from .catalog_reads import MODALITIES, CatalogReads, chunks
+from .migrations import migrate
 
-MODALITIES = ("image", "text")
-ITEM_FIELDS = (
-    "source", "locator", "text", "content_hash", "width", "height", "metadata",
-    "file_size", "file_mtime_ns",
-)  # fmt: skip
-_CHUNK = 5000  # ids per IN (...) list: well under SQLite's variable limit
-_METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-HALF_DTYPES = ("float16", "bfloat16")  # models whose vectors are stored as float16
+ITEM_FIELDS = (*CHECKED_FIELDS, "file_size", "file_mtime_ns")  # and the file state
 
 
-def stored_dtype(spec: Spec) -> str:
-    return "<f2" if spec.dtype in HALF_DTYPES else "<f4"
+UNIT_TOLERANCE = 1e-2  # float16 storage and float32 sums stay far inside it
 
 
-def as_stored(vectors: np.ndarray, spec: Spec) -> np.ndarray:
-    """The vectors as the catalog will give them back (float32 values): what an index built
-    now must hold to equal one rebuilt from the catalog later."""
-    return np.asarray(vectors, dtype=stored_dtype(spec)).astype(np.float32)
-
-
-def encode_vectors(vectors: np.ndarray, dtype: str = "<f4") -> list[bytes]:
-    return [row.tobytes() for row in np.ascontiguousarray(vectors, dtype=dtype)]
-
-
-def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
-    if not blobs:
-        return np.empty((0, dim), dtype=np.float32)
-    widths = {len(blob) for blob in blobs}
-    if len(widths) == 1:
-        dtype = "<f2" if widths == {2 * dim} else "<f4"
-        return (
-            np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), dim).astype(np.float32)
-        )
-    return np.concatenate([decode_vectors([blob], dim) for blob in blobs])
-
-
-def parse_filters(pairs) -> dict:
-    """["album=2024", "color=red"] -> {"album": "2024", "color": "red"} (CLI and HTTP)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"filter {pair!r}: write KEY=VALUE")
-        out[key] = value
-    return out
-
-
-def one_expression(where: str) -> str:
-    """`where` if it is one SQL expression: parentheses that never close more than they open,
-    no statement separator and no comment outside quotes. Otherwise a filter such as
-    `0) UNION SELECT id FROM items --` would step out of the parentheses it is put in."""
-    depth, quote, i = 0, None, 0
-    while i < len(where):
-        char = where[i]
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"`[":
-            quote = "]" if char == "[" else char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise InputError(f"bad filter {where!r}: a ')' closes more than it opened")
-        elif char == ";" or where.startswith(("--", "/*"), i):
-            raise InputError(f"bad filter {where!r}: one condition, without ';' or comments")
-        i += 1
-    if depth or quote:
-        raise InputError(f"bad filter {where!r}: unbalanced parentheses or quotes")
-    return where
-
-
-def metadata_filter(filters: dict) -> tuple[str, list]:
-    """{"label": "dog", "size.w": 3} -> an SQL condition on the metadata JSON and its params."""
-    clauses, params = [], []
-    for key, value in filters.items():
-        if not _METADATA_KEY.match(key):
-            raise InputError(f"metadata key {key!r}: use letters, digits, _ and dots")
-        clauses.append(f"json_extract(metadata, '$.{key}') = ?")
-        params.append(value)
-    return " AND ".join(clauses) or "1", params
-
-
-class Catalog:
+class Catalog(CatalogReads, Closing):
     def __init__(self, path: str | Path, writable: bool = True):
         self.path = Path(path)
         self.writable = writable
@@ -164,17 +83,7 @@ class Catalog:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # -- meta: spec, counters --------------------------------------------------------------
-
-    def _meta(self, key: str, default=None):
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+    # -- meta: spec, counters, losses ----------------------------------------------------------
 
     def _set_meta(self, key: str, value) -> None:
         self.conn.execute(
@@ -182,27 +91,6 @@ class Catalog:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
-
-    @property
-    def seq(self) -> int:
-        return self._meta("seq", 0)
-
-    def spec(self) -> dict | None:
-        return self._meta("spec")
-
-    @property
-    def dim(self) -> int | None:
-        spec = self.spec()
-        return spec["dim"] if spec else None
-
-    def state(self) -> dict:
-        """The change counter, the next id and the counts: what commits.json remembers."""
-        counts = {m: self.count(m) for m in MODALITIES}
-        return {"seq": self.seq, "next_id": self.next_id, "counts": counts}
-
-    def lost(self) -> list[dict]:
-        """Losses found and not yet acknowledged (commits.py), oldest first."""
-        return self._meta("lost", [])
 
     def record_loss(self, lost: dict, seq: int, next_id: int) -> None:
         """Keep a loss until it is acknowledged, and take the counters past what was given."""
@@ -219,11 +107,6 @@ class Catalog:
                 self.conn.execute("DELETE FROM meta WHERE key = 'lost'")
         return lost
 
-    def shape(self) -> dict:
-        """Each modality's index type as the last save left it (store.py), kept here too: the
-        catalog survives a damaged manifest."""
-        return self._meta("index_shape", {})
-
     def set_shape(self, shape: dict) -> None:
         if shape != self.shape():
             with transaction(self.conn):
@@ -231,16 +114,6 @@ class Catalog:
 
     def remember(self) -> None:
         commits.remember(self.path.parent, **self.state())
-
-    def check_spec(self, spec: Spec, purpose: str = "query") -> list[str]:
-        """spec.check against this catalog's spec: raises on a mismatch, returns notes."""
-        return check(self.spec(), spec, purpose)
-
-    # -- writes ----------------------------------------------------------------------------
-
-    @property
-    def next_id(self) -> int:
-        return self._meta("next_id", 1)
 
     def never_reuse_below(self, next_id: int) -> None:
         """Ids below `next_id` were given before (the index files say so) even if this catalog
@@ -257,6 +130,8 @@ class Catalog:
             self._set_meta("spec", spec.to_dict())
         elif not stored.get("fingerprint") and spec.fingerprint:
             self._set_meta("spec", {**stored, "fingerprint": spec.fingerprint})
+
+    # -- writes --------------------------------------------------------------------------------
 
     def add(self, items: list[dict], vectors: np.ndarray, spec: Spec) -> list[int]:
         """Insert items and their vectors in one transaction; return their new ids."""
@@ -323,7 +198,7 @@ class Catalog:
         removed = 0
         with transaction(self.conn):
             seq = self.seq + 1
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 self.conn.execute(
                     f"INSERT OR REPLACE INTO deleted (item_id, modality, seq) "
@@ -337,34 +212,18 @@ class Catalog:
         self.remember()
         return removed
 
-    def record_error(self, source: str, reason: str, locator: str = "") -> None:
-        """Keep the latest error of an input (a rerun replaces it rather than adding one)."""
-        with transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO errors (source, locator, reason, occurred_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (source, locator) DO UPDATE SET reason = excluded.reason, "
-                "occurred_at = excluded.occurred_at",
-                (str(source), locator, reason, now()),
-            )
-
-    def clear_errors(self, keys: list[tuple[str, str]]) -> None:
-        """Forget the errors of inputs that have now been ingested."""
-        if keys:
-            with transaction(self.conn):
-                self.conn.executemany("DELETE FROM errors WHERE source = ? AND locator = ?", keys)
-
     def touch(self, item_id: int, **fields) -> None:
         """Change fields that do not change the vector (metadata, file state): no re-indexing."""
         values = dict(zip(ITEM_FIELDS, _item_values(fields), strict=True))
         sets = {k: values[k] for k in fields}
         with transaction(self.conn):
-            if set(sets) & set(_CHECKED_FIELDS):  # the row's checksum covers it: recompute
+            if set(sets) & set(CHECKED_FIELDS):  # the row's checksum covers it: recompute
                 row = self.db.execute(
-                    f"SELECT modality, {', '.join(_CHECKED_FIELDS)} FROM items WHERE id = ?",
+                    f"SELECT modality, {', '.join(CHECKED_FIELDS)} FROM items WHERE id = ?",
                     [item_id],
                 ).fetchone()
                 if row is not None:
-                    stored = dict(zip(("modality", *_CHECKED_FIELDS), row, strict=True))
+                    stored = dict(zip(("modality", *CHECKED_FIELDS), row, strict=True))
                     sets["checksum"] = item_checksum({**stored, **sets})
             assignments = ", ".join(f"{k} = ?" for k in sets)
             self.conn.execute(
@@ -372,123 +231,19 @@ class Catalog:
                 [*sets.values(), now(), item_id],
             )
 
-    def _check_batch(self, items, vectors, spec) -> None:
-        if len(items) != len(vectors):
-            raise InputError(f"{len(items)} items but {len(vectors)} vectors")
-        bad = [item.get("modality") for item in items if item.get("modality") not in MODALITIES]
-        if bad:
-            raise InputError(f"modality must be 'image' or 'text', got {bad[0]!r}")
-        self.check_spec(spec, purpose="ingest")
-        if len(vectors) and np.shape(vectors)[1] != spec.dim:
-            raise InputError(
-                f"vectors have {np.shape(vectors)[1]} values, the spec says {spec.dim}"
-            )
-        for item in items:
-            _ensure_utf8(item)
-        finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
-        if len(vectors) and not finite.all():
-            bad = [item.get("source") for item, ok in zip(items, finite, strict=True) if not ok]
-            raise InputError(f"non-finite vectors are never stored (items from {bad[:3]})")
-
-    # -- reads -----------------------------------------------------------------------------
-
-    def count(self, modality: str | None = None) -> int:
-        """Items of a modality, or all: O(1), from the counts the triggers keep (m004)."""
-        if modality is None:
-            return self.conn.execute("SELECT sum(n) FROM counts").fetchone()[0]
-        row = self.conn.execute("SELECT n FROM counts WHERE modality = ?", (modality,)).fetchone()
-        return row[0] if row else 0
-
-    def ids(self, modality: str | None = None, where: str | None = None, params=()) -> np.ndarray:
-        """Ids of the items of `modality` (all if None) that satisfy the SQL condition `where`
-        (on the items table; metadata through json_extract(metadata, '$.key'))."""
-        sql, args = "SELECT id FROM items WHERE 1", []
-        if modality:
-            sql, args = sql + " AND modality = ?", [modality]
-        if where:
-            sql += f" AND ({one_expression(where)})"
-            args += list(params)
-        try:
-            rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
-        except sqlite3.Error as error:
-            raise InputError(f"bad filter {where!r}: {error}") from error
-        return np.array([r[0] for r in rows], dtype=np.int64)
-
-    def get(self, ids) -> list[dict]:
-        """Item rows (metadata decoded) in the order of `ids`; unknown ids are skipped."""
-        found = {}
-        for chunk in _chunks([int(i) for i in ids]):
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
-                row["metadata"] = json.loads(row["metadata"])
-                found[row["id"]] = row
-        return [found[int(i)] for i in ids if int(i) in found]
-
-    def vectors(self, ids) -> np.ndarray:
-        """Stored vectors in the order of `ids` (all must exist and be whole: a damaged row
-        raises IndexDamagedError naming it). Decoded a chunk at a time into the result: memory
-        holds the result and one chunk (a rebuild's training sample is up to 2 GiB)."""
-        found, vectors = self.readable_vectors(ids)
-        wanted = list(dict.fromkeys(int(i) for i in ids))
-        if len(found) < len(wanted):
-            bad = [i for i in wanted if i in self.damaged_rows]
-            if bad:
-                raise IndexDamagedError(self.damaged_rows[bad[0]])
-            missing = sorted(set(wanted) - set(found.tolist()))
-            raise KeyError(f"no stored vector for item ids {missing[:5]}")
-        if len(found) == len(ids) and np.array_equal(found, ids):
-            return vectors
-        position = {int(i): n for n, i in enumerate(found)}
-        return vectors[[position[int(i)] for i in ids]]
-
-    def readable_vectors(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of those of `ids` that are stored and whole, in the order asked
-        (each once); a damaged row is left out and named in `damaged_rows`."""
-        unique = list(dict.fromkeys(int(i) for i in ids))
-        out = np.empty((len(unique), self.dim or 0), dtype=np.float32)
-        row = {i: n for n, i in enumerate(unique)}
-        good = np.zeros(len(unique), dtype=bool)
-        for chunk in _chunks(unique):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT item_id, vector, checksum FROM vectors WHERE item_id IN ({marks})"
-            rows = self._whole(self.conn.execute(sql, chunk).fetchall())
-            if rows:
-                at = [row[r[0]] for r in rows]
-                out[at] = decode_vectors([r[1] for r in rows], out.shape[1])
-                good[at] = True
-        return np.array(unique, dtype=np.int64)[good], out[good]
-
-    def iter_vectors(self, modality: str, batch: int = 20000, since_seq: int | None = None):
-        """(ids, vectors) chunks of one modality in id order, optionally only items written
-        after `since_seq`; memory stays at one chunk. Damaged rows are left out (and named in
-        `damaged_rows`): never indexed."""
-        sql = (
-            "SELECT v.item_id, v.vector, v.checksum FROM vectors v JOIN items i "
-            "ON i.id = v.item_id WHERE i.modality = ?"
-        )
-        args = [modality]
-        if since_seq is not None:
-            sql, args = sql + " AND i.seq > ?", args + [since_seq]
-        cursor = self.conn.execute(sql + " ORDER BY v.item_id", args)
-        while rows := cursor.fetchmany(batch):
-            rows = self._whole(rows)
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, decode_vectors([r[1] for r in rows], self.dim)
-
-    def _whole(self, rows: list[tuple]) -> list[tuple]:
-        """The (id, blob, checksum) rows whose blob is whole; the others are named."""
-        dim, kept = self.dim, []
-        for row in rows:
-            problem = vector_damage(row[1], row[2], dim)
-            if problem:
-                self.damaged_rows[row[0]] = (
-                    f"item {row[0]}'s stored vector is damaged ({problem}): it is skipped; "
-                    "`e5v-search repair` marks it to be embedded again by the next ingest of "
-                    "its source"
+    def forget_content(self, ids) -> int:
+        """Clear the content hash and file state of these items, so the next ingest of their
+        sources embeds them again and rewrites their rows (a damaged row's mend)."""
+        ids = [int(i) for i in ids]
+        with transaction(self.conn):
+            for chunk in chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(
+                    "UPDATE items SET content_hash = NULL, file_size = NULL, "
+                    f"file_mtime_ns = NULL WHERE id IN ({marks})",
+                    chunk,
                 )
-            else:
-                kept.append(row)
-        return kept
+        return len(ids)
 
     def compact_vectors(self, batch: int = 5000) -> int:
         """Rewrite float32 blobs as float16 when the catalog's model computes in half precision
@@ -517,100 +272,73 @@ class Catalog:
                 )
             done += len(rows)
 
-    def damaged(self, batch: int = 5000):
-        """Every row whose vector or item fields fail their checksum, as (id, source, what),
-        and the number of rows checked and of rows written before checksums: `verify`."""
-        checked = unchecked = 0
-        bad = []
-        after, dim = 0, self.dim
-        fields = ", ".join(f"i.{f}" for f in ("modality", *_CHECKED_FIELDS))
-        while True:
-            rows = self.conn.execute(
-                f"SELECT i.id, i.checksum, v.vector, v.checksum, {fields} FROM items i "
-                "LEFT JOIN vectors v ON v.item_id = i.id WHERE i.id > ? ORDER BY i.id LIMIT ?",
-                (after, batch),
-            ).fetchall()
-            if not rows:
-                return bad, checked, unchecked
-            after = rows[-1][0]
-            for item_id, item_sum, blob, vector_sum, *values in rows:
-                checked += 1
-                unchecked += item_sum is None or vector_sum is None
-                record = dict(zip(("modality", *_CHECKED_FIELDS), values, strict=True))
-                if blob is None:
-                    bad.append((item_id, record["source"], "its vector is missing"))
-                elif problem := vector_damage(blob, vector_sum, dim):
-                    bad.append((item_id, record["source"], f"its vector is damaged ({problem})"))
-                if item_sum is not None and item_checksum(record) != item_sum:
-                    bad.append((item_id, record["source"], "its fields fail their checksum"))
-
-    def forget_content(self, ids) -> int:
-        """Clear the content hash and file state of these items, so the next ingest of their
-        sources embeds them again and rewrites their rows (a damaged row's mend)."""
-        ids = [int(i) for i in ids]
+    def record_error(self, source: str, reason: str, locator: str = "") -> None:
+        """Keep the latest error of an input (a rerun replaces it rather than adding one)."""
         with transaction(self.conn):
-            for chunk in _chunks(ids):
-                marks = ",".join("?" * len(chunk))
-                self.conn.execute(
-                    "UPDATE items SET content_hash = NULL, file_size = NULL, "
-                    f"file_mtime_ns = NULL WHERE id IN ({marks})",
-                    chunk,
-                )
-        return len(ids)
+            self.conn.execute(
+                "INSERT INTO errors (source, locator, reason, occurred_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source, locator) DO UPDATE SET reason = excluded.reason, "
+                "occurred_at = excluded.occurred_at",
+                (str(source), locator, reason, now()),
+            )
 
-    def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-        """The stored rows of these (source, locator) keys, by key."""
-        found = {}
-        for start in range(0, len(keys), _CHUNK // 2):
-            chunk = keys[start : start + _CHUNK // 2]
-            marks = " OR ".join(["(source = ? AND locator = ?)"] * len(chunk))
-            args = [value for key in chunk for value in key]
-            for row in self.db.query(f"SELECT * FROM items WHERE {marks}", args):
-                row["metadata"] = json.loads(row["metadata"])
-                found[(row["source"], row["locator"])] = row
-        return found
-
-    def find_hash(self, modality: str, content_hash: str) -> int | None:
-        """An item of this modality with this content: its vector can be reused."""
-        row = self.conn.execute(
-            "SELECT id FROM items WHERE modality = ? AND content_hash = ? LIMIT 1",
-            (modality, content_hash),
-        ).fetchone()
-        return row[0] if row else None
-
-    def keys_in(self, scope: list[str]) -> dict[tuple[str, str], int]:
-        """(source, locator) -> id of the items whose source is, or lies under, a scope entry."""
-        found = {}
-        for entry in scope:
-            sql = "SELECT id, source, locator FROM items WHERE "
-            if entry.endswith(os.sep):  # a folder: everything below it
-                rows = self.conn.execute(sql + "substr(source, 1, ?) = ?", (len(entry), entry))
-            else:
-                rows = self.conn.execute(sql + "source = ?", (entry,))
-            found.update({(source, locator): i for i, source, locator in rows})
-        return found
-
-    def deleted_since(self, seq: int) -> dict[str, np.ndarray]:
-        out = {m: [] for m in MODALITIES}
-        for item_id, modality in self.conn.execute(
-            "SELECT item_id, modality FROM deleted WHERE seq > ?", (seq,)
-        ):
-            out[modality].append(item_id)
-        return {m: np.array(v, dtype=np.int64) for m, v in out.items()}
+    def clear_errors(self, keys: list[tuple[str, str]]) -> None:
+        """Forget the errors of inputs that have now been ingested."""
+        if keys:
+            with transaction(self.conn):
+                self.conn.executemany("DELETE FROM errors WHERE source = ? AND locator = ?", keys)
 
     def prune_deleted(self, upto_seq: int) -> None:
         """Forget deletions that every index file has applied."""
         with transaction(self.conn):
             self.conn.execute("DELETE FROM deleted WHERE seq <= ?", (upto_seq,))
 
-    def errors(self) -> list[dict]:
-        return list(self.db.query("SELECT * FROM errors ORDER BY id"))
+    def _check_batch(self, items, vectors, spec) -> None:
+        if len(items) != len(vectors):
+            raise InputError(f"{len(items)} items but {len(vectors)} vectors")
+        bad = [item.get("modality") for item in items if item.get("modality") not in MODALITIES]
+        if bad:
+            raise InputError(f"modality must be 'image' or 'text', got {bad[0]!r}")
+        self.check_spec(spec, purpose="ingest")
+        if len(vectors) and np.shape(vectors)[1] != spec.dim:
+            raise InputError(
+                f"vectors have {np.shape(vectors)[1]} values, the spec says {spec.dim}"
+            )
+        for item in items:
+            _ensure_utf8(item)
+        finite = np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1)
+        if len(vectors) and not finite.all():
+            bad = [item.get("source") for item, ok in zip(items, finite, strict=True) if not ok]
+            raise InputError(f"non-finite vectors are never stored (items from {bad[:3]})")
+        norms = np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1)
+        off = np.abs(norms - 1) > UNIT_TOLERANCE
+        if len(vectors) and off.any():
+            bad = [item.get("source") for item, wrong in zip(items, off, strict=True) if wrong]
+            raise InputError(
+                f"vectors must be unit length, as E5-V's are (searches check scores against it): "
+                f"norms {norms[off][:3].round(4).tolist()} for items from {bad[:3]}"
+            )
 
-    def sample_ids(self, modality: str, n: int, seed: int = 0) -> np.ndarray:
-        ids = self.ids(modality)
-        if len(ids) <= n:
-            return ids
-        return np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connections)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *exc):
+        if not exc_type:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
+            self.conn.execute("ROLLBACK")
+        return False
 
 
 def _item_values(item: dict) -> tuple:
@@ -628,30 +356,10 @@ def _item_values(item: dict) -> tuple:
     )
 
 
-_CHECKED_FIELDS = ("source", "locator", "text", "content_hash", "width", "height", "metadata")
-
-
-def item_checksum(row: dict) -> int:
-    """CRC-32 of what an item is (not of its file state or time stamps, which may change)."""
-    values = [row.get("modality"), *(row.get(f) for f in _CHECKED_FIELDS)]
-    return zlib.crc32(json.dumps(values, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-
-
 def _checksum_of(item: dict, values: tuple) -> int:
     return item_checksum(
         {"modality": item["modality"], **dict(zip(ITEM_FIELDS, values, strict=True))}
     )
-
-
-def vector_damage(blob, checksum, dim) -> str | None:
-    """What is wrong with a stored vector blob, or None (NULL checksum: written before them)."""
-    if blob is None:
-        return "missing"
-    if dim and len(blob) not in (2 * dim, 4 * dim):
-        return f"{len(blob)} bytes, not {2 * dim} or {4 * dim}"
-    if checksum is not None and zlib.crc32(blob) != checksum:
-        return "its checksum differs from the one written with it"
-    return None
 
 
 def _ensure_utf8(item: dict) -> None:
@@ -690,8 +398,3 @@ def _connected(uri: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def _chunks(ids: list[int]):
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]

@@ -1,15 +1,27 @@
 """The catalog's schema, changed only through these named migrations, applied in order, once.
 
-Each migration runs in the same transaction as the row recording it, so a crash leaves the
-catalog either before or after it, never half-way. Never edit a migration that has shipped: add
-a new one.
+sqlite-utils' `Migrations` runs them: each one in a transaction with the row that records it in
+`_sqlite_migrations` (set "e5v_search.catalog"), so an error or a crash leaves the catalog
+before or after it, never half-way. Never edit a migration that has shipped: add a new one.
+
+Catalogs made before these ran on sqlite-utils recorded the same migrations in `_migrations`
+(name, applied_at). `migrate` adopts that history first: those names are recorded as applied
+in `_sqlite_migrations`, with their times, and are not run again. `_migrations` is left as it
+is (an earlier release opening the catalog still finds its history there).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import sqlite3
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+LEGACY_TABLE = "_migrations"
+catalog_migrations = Migrations("e5v_search.catalog")
 
 
+@catalog_migrations()
 def m001_base(db) -> None:
     db.executescript(
         """
@@ -45,6 +57,7 @@ def m001_base(db) -> None:
     )
 
 
+@catalog_migrations()
 def m002_change_tracking(db) -> None:
     """A change counter stamped on every written item and a record of deleted ones, so an index
     that missed changes (a crash between the catalog commit and the index save) can catch up
@@ -62,6 +75,7 @@ def m002_change_tracking(db) -> None:
     )
 
 
+@catalog_migrations()
 def m003_file_state_and_unique_errors(db) -> None:
     """The size and mtime of an image file, so a rerun skips an unchanged file without reading
     it; and one error row per input (the latest), so reruns do not pile up duplicates."""
@@ -77,6 +91,7 @@ def m003_file_state_and_unique_errors(db) -> None:
     )
 
 
+@catalog_migrations()
 def m004_counts(db) -> None:
     """Items per modality kept by triggers in the same transaction as each write: opening a
     2M-item index asked `count(*)` three times, 0.12 s each at 500k (O(n)); now O(1)."""
@@ -87,7 +102,7 @@ def m004_counts(db) -> None:
         UPDATE counts SET n = (SELECT count(*) FROM items WHERE modality = counts.modality)
         """
     )
-    for trigger in (  # whole statements: executescript splits at every ";"
+    for trigger in (  # whole statements (the runner they shipped with split at every ";")
         "CREATE TRIGGER items_counted AFTER INSERT ON items BEGIN "
         "UPDATE counts SET n = n + 1 WHERE modality = NEW.modality; END",
         "CREATE TRIGGER items_uncounted AFTER DELETE ON items BEGIN "
@@ -99,6 +114,7 @@ def m004_counts(db) -> None:
         db.conn.execute(trigger)
 
 
+@catalog_migrations()
 def m005_checksums(db) -> None:
     """A CRC-32 per vector blob and per item row, written with them: a vector damaged on disk
     is found when it is read (for a rebuild, a re-ranking) and by `verify`, never indexed.
@@ -111,72 +127,54 @@ def m005_checksums(db) -> None:
     )
 
 
-MIGRATIONS = [
-    m001_base,
-    m002_change_tracking,
-    m003_file_state_and_unique_errors,
-    m004_counts,
-    m005_checksums,
-]
+def migrate(
+    conn, upto: str | None = None, migrations: Migrations = catalog_migrations
+) -> list[str]:
+    """Adopt the history of `_migrations`, then apply the pending migrations (up to and
+    including `upto`); return the names applied (not the adopted ones)."""
+    db = sqlite_utils.Database(conn)
+    _adopt_history(db, migrations)
+    pending = [m.name for m in migrations.pending(db)]
+    stop = None
+    if upto is not None:
+        later = pending[pending.index(upto) + 1 :] if upto in pending else pending
+        stop = later[:1]
+    migrations.apply(db, stop_before=stop)
+    applied = {m.name for m in migrations.applied(db)}
+    return [name for name in pending if name in applied]
 
 
-def migrate(conn, upto: str | None = None) -> list[str]:
-    """Apply the pending migrations (up to and including `upto`); return the names applied."""
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
-    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-    applied = []
-    for migration in MIGRATIONS:
-        name = migration.__name__
-        if name not in done:
-            with transaction(conn):
-                migration(_Script(conn))
-                conn.execute(
-                    "INSERT INTO _migrations VALUES (?, ?)",
-                    (name, datetime.now(timezone.utc).isoformat()),
-                )
-            applied.append(name)
-        if name == upto:
-            break
-    return applied
-
-
-class _Script:
-    """Runs a script statement by statement inside the caller's transaction (sqlite3's own
-    executescript would commit first)."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def executescript(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self.conn.execute(statement)
-
-
-class transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception (autocommit connections)."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, *exc):
-        if not exc_type:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:  # SQLite rolls back itself on a full disk (SQLITE_FULL)
-            self.conn.execute("ROLLBACK")
-        return False
-
-
-def pending_migrations(conn) -> list[str]:
+def pending_migrations(conn, migrations: Migrations = catalog_migrations) -> list[str]:
     """The migrations a catalog still needs (all of them for a new file), read through any
-    connection, a read-only one included: opening a catalog that needs none writes nothing."""
-    import sqlite3
-
+    connection, a read-only one included: opening a catalog that needs none writes nothing. A
+    catalog whose history is still in `_migrations` needs none of the names found there."""
+    db = sqlite_utils.Database(conn)
     try:
-        done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-    except sqlite3.Error:
-        done = set()
-    return [m.__name__ for m in MIGRATIONS if m.__name__ not in done]
+        adopted = dict(_legacy_history(db))
+        return [m.name for m in migrations.pending(db) if m.name not in adopted]
+    except sqlite3.Error:  # unreadable here: as a new one, so a writer opens it
+        return [m.name for m in migrations.pending(sqlite_utils.Database(memory=True))]
+
+
+def _legacy_history(db) -> list[tuple[str, str]]:
+    """(name, applied_at) of the migrations recorded in `_migrations`, in the order applied."""
+    if not db[LEGACY_TABLE].exists():
+        return []
+    return db.execute(f"SELECT name, applied_at FROM {LEGACY_TABLE} ORDER BY rowid").fetchall()
+
+
+def _adopt_history(db, migrations: Migrations) -> None:
+    """Record the migrations `_migrations` names as applied, without running them, in one
+    transaction with the creation of `_sqlite_migrations`. Reads only when there is nothing
+    to adopt."""
+    table = db[migrations.migrations_table]
+    recorded = {m.name for m in migrations.applied(db)}
+    adopted = [(name, at) for name, at in _legacy_history(db) if name not in recorded]
+    if table.exists() and not adopted:
+        return
+    with db.atomic():
+        migrations.ensure_migrations_table(db)
+        table.insert_all(
+            {"migration_set": migrations.name, "name": name, "applied_at": at}
+            for name, at in adopted
+        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import IndexDamagedError, InputError
 from . import faiss_ops as fx
 from .catalog import MODALITIES
 
@@ -38,6 +38,29 @@ def merged(found: dict, k: int, rows: int) -> list[list[Hit]]:
         [Hit(int(i), float(s), modality_of[int(i)]) for s, i in zip(*row, strict=True) if i >= 0]
         for row in zip(scores, ids, strict=True)
     ]
+
+
+def search(store, queries, k, modality, where, params, among) -> list[list[Hit]]:
+    """A store's search (Store.search): each modality asked (a damaged one named with what
+    mends it), the answers merged by score."""
+    queries = check_queries(queries, k, modality, store.catalog.dim)
+    found = {}  # modality -> (scores, ids)
+    for mod in [modality] if modality else list(MODALITIES):
+        if mod in store.damaged:
+            raise IndexDamagedError(store.damaged[mod])
+        if mod not in store.indexes:
+            continue
+        rerank = store.manifest.entry(mod).rerank
+        args = (store.catalog, queries, k, where, params, among, rerank)
+        try:
+            found[mod] = search_modality(store.indexes[mod], mod, *args)
+        except IndexDamagedError as error:
+            store.damaged[mod] = (
+                f"{error}. `e5v-search rebuild --index {store.path}` rebuilds the {mod} index "
+                "from the catalog; `e5v-search verify` checks every file"
+            )
+            raise IndexDamagedError(store.damaged[mod]) from error
+    return merged(found, k, len(queries))
 
 
 def check_queries(queries, k: int, modality: str | None, dim: int | None) -> np.ndarray:

@@ -1,10 +1,8 @@
 """An index directory: the catalog (the source of truth) and one index per modality (its
-sealed segments, delta and masks: segments.py), kept in step; the one way to write it.
-
-One index per modality makes a modality-restricted search exact in count (10 images asked, 10
-images returned, even when images are 1% of the corpus). The jobs live beside this class:
-opening and catching up (loading.py), the files' manifest (manifest.py), building from the
-stored vectors and the type policy (rebuild.py, policy.py), checking every byte (verify.py).
+sealed segments, delta and masks: segments.py), kept in step; the one way to write it. One
+index per modality makes a modality-restricted search exact in count (10 images asked, 10
+returned, even when images are 1% of the corpus). The jobs live beside this class: opening
+(loading.py), the manifest (manifest.py), building and the type policy (rebuild.py), checks.
 
 Many processes may use one directory (a server, a cron ingest, a rebuild). Writes happen inside
 `writing()`, which holds the writer lock (locking.py), brings the indexes up to everything
@@ -23,22 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ..closing import Closing
 from ..errors import IndexDamagedError, IndexNotFoundError
 from ..spec import Spec
 from . import faiss_ops as fx
 from . import loading, rebuild, segments
-from .catalog import MODALITIES, Catalog, as_stored, now
+from .blobs import as_stored
+from .catalog import MODALITIES, Catalog, now
 from .integrity import catalog_damage
 from .locking import WriterLock
 from .manifest import DEFAULT_FACTORY
 from .problems import write_error
-from .search import Hit, check_queries, merged, recall, search_modality
+from .search import Hit, recall, search
+from .verify import verify
 
 CATALOG = "catalog.sqlite"
 log = logging.getLogger(__name__)
 
 
-class Store:
+class Store(Closing):
     def __init__(self, path: Path, catalog: Catalog, opened: loading.Opened):
         self.path = path
         self.catalog = catalog
@@ -83,12 +84,6 @@ class Store:
 
     def close(self) -> None:
         self.catalog.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     @property
     def factory(self) -> str:
@@ -185,8 +180,8 @@ class Store:
     # -- writes ------------------------------------------------------------------------------
 
     def add(self, items: list[dict], vectors: np.ndarray, spec: Spec) -> list[int]:
-        """Commit items and vectors to the catalog, then add them to the in-memory indexes.
-        Saved when the outermost `writing()` block ends (here, when the caller holds none)."""
+        """Commit items and vectors to the catalog, then add them to the in-memory indexes
+        (saved when the outermost `writing()` block ends)."""
         with self.writing("add"):
             ids = np.array(self.catalog.add(items, vectors, spec), dtype=np.int64)
             vectors = as_stored(vectors, spec)
@@ -265,28 +260,9 @@ class Store:
     ) -> list[list[Hit]]:
         """Top-k hits per query row, best first, from one modality or both (merged by score).
         `where` (SQL on the items table) and `among` (item ids) restrict the search inside it,
-        never by cutting its results."""
-        queries = check_queries(queries, k, modality, self.catalog.dim)
-        found = {}  # modality -> (scores, ids)
-        for mod in [modality] if modality else list(MODALITIES):
-            if mod in self.damaged:
-                raise IndexDamagedError(self.damaged[mod])
-            if mod in self.indexes:
-                with self._state:
-                    found[mod] = self._search_one(mod, queries, k, where, params, among)
-        return merged(found, k, len(queries))
-
-    def _search_one(self, modality, queries, k, where, params, among=None):
-        rerank = self.manifest.entry(modality).rerank
-        args = (self.catalog, queries, k, where, params, among, rerank)
-        try:
-            return search_modality(self.indexes[modality], modality, *args)
-        except IndexDamagedError as error:
-            self.damaged[modality] = (
-                f"{error}. `e5v-search rebuild --index {self.path}` rebuilds the {modality} "
-                "index from the catalog; `e5v-search verify` checks every file"
-            )
-            raise IndexDamagedError(self.damaged[modality]) from error
+        never by cutting its results (search.search)."""
+        with self._state:
+            return search(self, queries, k, modality, where, params, among)
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -294,8 +270,7 @@ class Store:
         self, factory=None, nprobe=None, ef_search=None, max_memory=None, rerank=None
     ) -> list[dict]:
         """Under the writer lock: every modality rebuilt from the stored vectors (see
-        rebuild.rebuild_all), older float32 rows of a half-precision catalog rewritten, losses
-        the catalog was told of acknowledged; saved, then each index's size measured."""
+        rebuild.rebuild); saved, then each index's size measured."""
         with self.writing("rebuild"):
             stats = rebuild.rebuild(self, factory, nprobe, ef_search, max_memory, rerank)
         for entry in stats:  # saved now: their sizes
@@ -304,8 +279,7 @@ class Store:
         return stats
 
     def follow_policy(self, budget: int) -> list[str]:
-        """Give each modality the type `budget` calls for at its size (rebuild.follow_policy):
-        one line per change, saying why."""
+        """Each modality given the type `budget` calls for (rebuild.follow_policy)."""
         with self.writing("ingest"):
             return rebuild.follow_policy(self, budget)
 
@@ -315,15 +289,11 @@ class Store:
 
     def verify(self) -> dict:
         """Every byte of the directory against what was recorded at writing (verify.py)."""
-        from .verify import verify
-
         with self._state:
             return verify(self)
 
     def repair(self) -> list[str]:
         """Under the writer lock: verify, then mend what it found (rebuild.repair)."""
-        from .verify import verify
-
         with self.writing("repair"):
             return rebuild.repair(self, verify(self))
 

@@ -1,0 +1,172 @@
+"""The commands that read an index: `search`, `info`, `errors`, `verify` (no writer lock)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..config import MAX_ID, MAX_K
+from ..filters import parse_filters
+from . import cli
+from .options import (
+    describe,
+    echo_notices,
+    errors_to_click,
+    index_option,
+    model_options,
+    open_engine,
+)
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option(
+    "--image",
+    "-i",
+    type=click.Path(dir_okay=False),
+    help="Query image (with QUERY: E5-V's composed image+text query).",
+)
+@click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
+@click.option(
+    "--type",
+    "modality",
+    type=click.Choice(["image", "text", "any"]),
+    help="What to return [the other modality of the query].",
+)
+@click.option("-k", type=click.IntRange(1, MAX_K), default=10, show_default=True)
+@click.option(
+    "--where", help="SQL condition on items, e.g. \"json_extract(metadata, '$.album') = 'x'\"."
+)
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata equality filter (repeatable).")
+@click.option(
+    "--add", "-a", "add", multiple=True, help="Move the query towards this text or image."
+)
+@click.option(
+    "--subtract", "-s", multiple=True, help="Move the query away from this text or image."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result line.")
+@index_option
+@model_options
+@errors_to_click
+def search(query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice):
+    """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
+
+    \b
+    Examples:
+      e5v-search search "a dog on a beach"
+      e5v-search search --image cat.jpg --type image -k 5
+      e5v-search search "a horse" --add "stripes" --subtract "black and white"
+    """
+    filters = parse_filters(meta)
+    if where and filters:
+        raise click.UsageError("use --where or --meta, not both")
+    with open_engine(index, choice=choice) as engine:
+        results = engine.search(
+            query,
+            image,
+            like=like,
+            k=k,
+            modality=modality,
+            where=where or filters or None,
+            add=add,
+            subtract=subtract,
+        )
+        echo_notices(engine)
+    for rank, result in enumerate(results, start=1):
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {describe(result)}")
+    if not results and not as_json:
+        click.echo("no results", err=True)
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+@errors_to_click
+def info(index, as_json):
+    """Counts per modality, the embedding spec, index types and sizes."""
+    with open_engine(index) as engine:
+        echo_notices(engine)
+        data = engine.info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from ..spec import precision
+
+    spec = data["spec"] or {}
+    click.echo(f"index:   {data['path']}")
+    click.echo(f"items:   {data['counts']['image']} images, {data['counts']['text']} texts")
+    details = ", ".join(f"{k} {spec.get(k)}" for k in ("revision", "dim", "prompt_version"))
+    click.echo(f"model:   {spec.get('model')} ({details}, vectors in {precision(spec)})")
+    for modality, entry in data["indexes"].items():
+        settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
+        extra = f" {settings}" if settings else ""
+        where = " on disk" if entry["on_disk"] else ""
+        parts = f"{entry['segments']} segments + {entry['delta']} in the delta"
+        click.echo(
+            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
+            f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}"
+        )
+    for modality, problem in data["damaged"].items():
+        click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
+    for modality, ids in data["skipped_rows"].items():
+        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {ids[:5]})")
+    if data["unsaved_changes"] > 0:
+        click.echo(
+            f"files:   {data['unsaved_changes']} committed changes not saved in them yet (an "
+            "ingest running, or one that stopped: the next write saves them)"
+        )
+    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+@errors_to_click
+def errors(index, as_json):
+    """Inputs that could not be ingested, and why."""
+    with open_engine(index) as engine:
+        rows = engine.errors()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            where = f" ({row['locator']})" if row["locator"] else ""
+            click.echo(f"{row['source']}{where}: {row['reason']}")
+
+
+@cli.command()
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@errors_to_click
+def verify(index, as_json):
+    """Read every byte of the index against what was recorded when it was written.
+
+    Both copies of the manifest, every index file (its SHA-256), the catalog (SQLite's
+    integrity check, then each row and vector against its checksum) and lost commits. Writes
+    nothing (it works on read-only media); exit status 1 when anything is damaged, with what
+    to run (`e5v-search repair`).
+    """
+    with open_engine(index) as engine:
+        report = engine.verify()
+    found = report["problems"]
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        whole = sum(f["whole"] and not f["problem"] for f in report["files"])
+        catalog = report["catalog"]
+        unchecked = catalog["unchecked_rows"]
+        click.echo(f"files:   {whole} of {len(report['files'])} whole (every byte checked)")
+        before = f", {unchecked:,} written before checksums" if unchecked else ""
+        click.echo(f"catalog: {catalog['rows']:,} rows checked{before}")
+        click.echo(f"read {report['bytes'] / 2**20:.1f} MiB in {report['seconds']:.1f} s")
+        for line in found:
+            click.echo(f"DAMAGED: {line}")
+    if found:
+        raise click.ClickException(
+            f"{len(found)} problem(s) in {report['path']}: `e5v-search repair --index "
+            f"{report['path']}` mends what can be mended"
+        )
