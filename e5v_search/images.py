@@ -44,7 +44,7 @@ IMAGE_EXTENSIONS = (
 )
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112
 _HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
 
 
@@ -52,11 +52,11 @@ def image_size(source) -> tuple[int, int]:
     """(height, width) as the encoder will see it, reading little more than the file's header."""
     if isinstance(source, Image.Image):
         width, height = source.size
-        orientation = _read("the image", lambda: source.getexif().get(_EXIF_ORIENTATION))
+        orientation = _read("the image", lambda: source.getexif().get(EXIF_ORIENTATION))
     else:
         with _open(source) as image:
             width, height = image.size
-            orientation = _read(source, lambda: image.getexif().get(_EXIF_ORIENTATION))
+            orientation = _read(source, lambda: image.getexif().get(EXIF_ORIENTATION))
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     return height, width

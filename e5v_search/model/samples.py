@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..images import EXIF_ORIENTATION
+
 TEXTS = [
     "A dog sitting in the grass.",
     "A cat standing in the snow.",
@@ -24,7 +26,6 @@ TEXTS = [
 ]
 IMAGE_SIZES = [(500, 375), (640, 480), (336, 336), (300, 1000), (801, 601)]  # (width, height)
 ROTATED_SIZES = [(640, 427), (500, 333)]  # stored sideways with EXIF Orientation 6
-_EXIF_ORIENTATION = 0x0112
 
 
 def pattern_image(width: int, height: int) -> Image.Image:
@@ -50,7 +51,7 @@ def write_images(folder: Path) -> list[tuple[tuple[str, str], Path]]:
         out.append((("image", path.name), path))
     for width, height in ROTATED_SIZES:
         exif = Image.Exif()
-        exif[_EXIF_ORIENTATION] = 6  # shown turned 90 degrees clockwise
+        exif[EXIF_ORIENTATION] = 6  # shown turned 90 degrees clockwise
         path = folder / f"{width}x{height}-exif6.jpg"
         pattern_image(height, width).save(path, exif=exif, quality=95)
         out.append((("rotated image", path.name), path))

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from .. import errors
-from ..config import MAX_PIXELS, MAX_UPLOAD_BYTES
+from ..config import MAX_ID, MAX_PIXELS, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
 from ..images import upright_rgb
@@ -36,7 +36,6 @@ from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
 from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
-MAX_ID = 2**63 - 1  # ids are SQLite integers: a larger one is a 422, never a 500
 Modality = Literal["image", "text", "any"]
 
 

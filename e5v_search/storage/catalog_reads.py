@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MODALITIES = ("image", "text")
 CHUNK = 5000  # values per IN (...) list: well under SQLite's variable limit
+READ_CHUNK = 20000  # vectors read at a time by a rebuild or a filtered search (memory: one)
 
 
 class CatalogReads:

@@ -18,9 +18,7 @@ import faiss
 import numpy as np
 
 from . import faiss_ops as fx
-from .segments import Segment, Segments, emptied, fill
-
-_NO_IDS = np.empty(0, dtype=np.int64)
+from .segments import NO_IDS, Segment, Segments, emptied, fill
 
 
 def load_older(folder: Path, entry) -> Segments:
@@ -34,7 +32,7 @@ def load_older(folder: Path, entry) -> Segments:
         index = fx.load(file, mmap=True)
         template = emptied(fx.owned(index))  # once: the next save writes a template file
     mask_file = folder / f"{stem}.masked.npy"
-    masked = np.load(mask_file) if mask_file.exists() else _NO_IDS
+    masked = np.load(mask_file) if mask_file.exists() else NO_IDS
     segment = Segment(stem, index, np.sort(fx.ids_of(index)), masked, ids_written=False)
     delta = emptied(template)
     if (folder / f"{stem}.delta.npz").exists():

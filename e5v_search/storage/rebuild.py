@@ -20,9 +20,8 @@ from ..errors import IndexBuildError
 from . import faiss_ops as fx
 from . import ondisk, policy, segments
 from .catalog import MODALITIES
+from .catalog_reads import READ_CHUNK
 from .manifest import DEFAULT_FACTORY, IndexEntry
-
-READ_CHUNK = 20000
 
 
 @dataclass

@@ -11,11 +11,11 @@ import numpy as np
 from ..errors import IndexDamagedError, InputError
 from . import faiss_ops as fx
 from .catalog import MODALITIES
+from .catalog_reads import READ_CHUNK
 
 # Below this many candidates, a filtered search scores the stored vectors directly: exact, and
 # cheaper than a FAISS pass with a selector.
 EXACT_CANDIDATES = 4096
-_READ_CHUNK = 20000
 
 
 @dataclass
@@ -97,8 +97,8 @@ def _search(index, modality, catalog, queries, k, where, params, among):
         except RuntimeError:
             pass  # this type has no id-selector search: score the candidates directly
     chunks = (
-        catalog.readable_vectors(candidates[i : i + _READ_CHUNK])  # damaged rows left out
-        for i in range(0, len(candidates), _READ_CHUNK)
+        catalog.readable_vectors(candidates[i : i + READ_CHUNK])  # damaged rows left out
+        for i in range(0, len(candidates), READ_CHUNK)
     )
     return fx.exact_search(queries, chunks, k)
 
@@ -132,7 +132,7 @@ def recall(store, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, fl
             found = np.array(
                 [[i for i in row if i != q][:k] for row, q in zip(found, query_ids, strict=True)]
             )
-            chunks = catalog.iter_vectors(target, batch=_READ_CHUNK)
+            chunks = catalog.iter_vectors(target, batch=READ_CHUNK)
             _, exact = fx.exact_search((query_ids, queries), chunks, k, exclude_self=True)
             out[f"{query_modality}->{target}"] = fx.neighbour_recall(found, exact)
     return out

@@ -49,7 +49,7 @@ SEAL_BYTES = 64 * 2**20
 MERGE_MAX_BYTES = 256 * 2**20
 MASKED_SHARE = 0.5
 FAILPOINT = "E5V_FAILPOINT"  # crash tests stop a writer at a named point (see failpoint)
-_NO_IDS = np.empty(0, dtype=np.int64)
+NO_IDS = np.empty(0, dtype=np.int64)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Segment:
     name: str  # file stem, e.g. image.s12
     index: object
     ids: np.ndarray  # sorted
-    masked: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    masked: np.ndarray = field(default_factory=lambda: NO_IDS)
     written: bool = True
     ids_written: bool = True
 
@@ -244,7 +244,7 @@ class Segments:
         else:
             fx.save(index, folder / f"{name}.faiss")
         write_ids(folder / f"{name}.ids.npy", ids)
-        return open_segment(folder, name, self.ondisk, _NO_IDS)
+        return open_segment(folder, name, self.ondisk, NO_IDS)
 
     def _replace(self, old: list[Segment], new: Segment | None) -> None:
         at = self.sealed.index(old[0])
@@ -315,7 +315,7 @@ def load(folder: Path, entry) -> Segments:
     template = fx.load(folder / entry.template)
     with np.load(folder / entry.masks) as masks:
         sealed = [
-            open_segment(folder, name, entry.ondisk, masks[name] if name in masks else _NO_IDS)
+            open_segment(folder, name, entry.ondisk, masks[name] if name in masks else NO_IDS)
             for name in entry.segments
         ]
     if entry.delta.endswith(".npz"):
