@@ -208,6 +208,12 @@ class Engine(Closing):
         self.spec()
         return self.encoder.embed_composed(list(images), list(texts), progress=progress)
 
+    def embed_counted(self, texts=None, images=None, progress=None):
+        """(vectors, tokens of each prompt): texts, images or, given both, composed queries as
+        the three methods above embed them, with what the model read (the server's usage)."""
+        self.spec()
+        return self.encoder.embed_counted(texts, images, progress=progress)
+
     # -- search --------------------------------------------------------------------------------
 
     def search(

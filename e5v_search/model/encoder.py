@@ -129,10 +129,7 @@ class E5VEncoder:
         return self.preprocessor.count_image_tokens(sizes)
 
     def embed_texts(self, texts: list[str], *, progress: bool | None = None) -> np.ndarray:
-        texts = _as_list(texts, str, "texts")
-        encoded = self._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
-        requests = [_Request(prompt="", n_tokens=len(ids), ids=ids) for _, ids in encoded]
-        return self._run(requests, progress)
+        return self._run(self._text_requests(texts), progress)
 
     def embed_images(
         self,
@@ -145,19 +142,7 @@ class E5VEncoder:
         """Images (paths or PIL images). Decoding and anyres preprocessing run ahead of the model
         in `workers` threads (default: up to 8), two batches ahead. `prompt` (one `<image>` in
         it) is E5-V's image prompt unless an evaluation needs another (CIRR's gallery)."""
-        images = _as_list(images, object, "images")
-        if prompt.count(prompts.IMAGE_TOKEN) != 1:
-            raise InputError("an image prompt needs exactly one <image> placeholder")
-        around = (  # the prompt's tokens less its <image>
-            self._image_prompt_tokens
-            if prompt == prompts.IMAGE_PROMPT
-            else len(self.tokenizer(prompt).input_ids) - 1
-        )
-        counts = self.count_image_tokens([image_size(image) for image in images])
-        requests = [
-            _Request(prompt, around + n, image=image)
-            for image, n in zip(images, counts, strict=True)
-        ]
+        requests = self._image_requests(images, prompt)
         workers = default_workers() if workers is None else workers
         return self._run(requests, progress, workers)
 
@@ -174,6 +159,43 @@ class E5VEncoder:
 
     def embed_composed(self, images, texts, *, progress: bool | None = None) -> np.ndarray:
         """E5-V's composed query: an image and a text saying how to modify it, one vector each."""
+        return self._run(self._composed_requests(images, texts), progress)
+
+    def embed_counted(
+        self, texts=None, images=None, *, progress: bool | None = None
+    ) -> tuple[np.ndarray, list[int]]:
+        """`embed_texts(texts)`, `embed_images(images)` or, given both, `embed_composed(images,
+        texts)`, with the tokens of each prompt the model read (an image's tokens included,
+        counted as the batches are planned): the usage an API reports."""
+        if images is None:
+            requests = self._text_requests([] if texts is None else texts)
+        elif texts is None:
+            requests = self._image_requests(images, prompts.IMAGE_PROMPT)
+        else:
+            requests = self._composed_requests(images, texts)
+        return self._run(requests, progress), [r.n_tokens for r in requests]
+
+    def _text_requests(self, texts) -> list[_Request]:
+        texts = _as_list(texts, str, "texts")
+        encoded = self._encode_prompts(texts, prompts.text_prompt, [0] * len(texts))
+        return [_Request(prompt="", n_tokens=len(ids), ids=ids) for _, ids in encoded]
+
+    def _image_requests(self, images, prompt: str) -> list[_Request]:
+        images = _as_list(images, object, "images")
+        if prompt.count(prompts.IMAGE_TOKEN) != 1:
+            raise InputError("an image prompt needs exactly one <image> placeholder")
+        around = (  # the prompt's tokens less its <image>
+            self._image_prompt_tokens
+            if prompt == prompts.IMAGE_PROMPT
+            else len(self.tokenizer(prompt).input_ids) - 1
+        )
+        counts = self.count_image_tokens([image_size(image) for image in images])
+        return [
+            _Request(prompt, around + n, image=image)
+            for image, n in zip(images, counts, strict=True)
+        ]
+
+    def _composed_requests(self, images, texts) -> list[_Request]:
         images = _as_list(images, object, "images")
         texts = _as_list(texts, str, "texts")
         if len(images) != len(texts):
@@ -183,11 +205,10 @@ class E5VEncoder:
         counts = self.count_image_tokens([image_size(image) for image in images])
         # The one <image> placeholder in the prompt becomes n image tokens.
         encoded = self._encode_prompts(texts, prompts.composed_prompt, [n - 1 for n in counts])
-        requests = [
+        return [
             _Request(prompt, len(ids) + n - 1, image=image)
             for image, (prompt, ids), n in zip(images, encoded, counts, strict=True)
         ]
-        return self._run(requests, progress)
 
     def _encode_prompts(self, texts, make_prompt, extra_tokens) -> list[tuple[str, list[int]]]:
         """(prompt, token ids) per text. A prompt that would pass the context (counting
