@@ -178,10 +178,10 @@ def test_the_model_worker_batches_waiting_texts_and_caches_repeats():
     gate, calls = threading.Event(), []
 
     class SlowEncoder:  # a stand-in below the encoder: only the call pattern matters here
-        def embed_texts(self, texts, progress=False):
+        def embed_counted(self, texts, progress=False):
             calls.append(list(texts))
             gate.wait(10)
-            return np.stack([np.full(4, len(t), dtype=np.float32) for t in texts])
+            return np.stack([np.full(4, len(t), dtype=np.float32) for t in texts]), [1] * len(texts)
 
     worker = ModelWorker(SlowEncoder(), max_batch=8)
     with ThreadPoolExecutor(6) as pool:

@@ -5,7 +5,8 @@ at once however many requests arrive; text queries waiting together are embedded
 (micro-batching), and repeated texts come from a bounded LRU cache without touching the model.
 It is given the engine and calls its embed methods (so every vector passes the engine's spec
 check), and offers the same three methods itself: `Engine.query_vector(..., embedder=worker)`
-turns a request into a query with the engine's one set of rules.
+turns a request into a query with the engine's one set of rules. `texts_counted` and
+`image_counted` also give the tokens of each prompt (the OpenAI-compatible routes' usage).
 """
 
 from __future__ import annotations
@@ -35,41 +36,58 @@ class ModelWorker:
         self._thread.start()
 
     def embed_text(self, text: str) -> np.ndarray:
+        return self.texts_counted([text])[0][0]
+
+    def texts_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Vectors of one or more texts and the tokens of each prompt. The texts not in the
+        cache are queued at once, one job each, so the loop embeds them in batches (beside
+        other requests' texts waiting with them); this returns when all are done."""
+        found: dict[str, tuple[np.ndarray, int]] = {}
         with self._cache_lock:
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return self._cache[text]
-        vector = self._submit("text", text)
+            for text in texts:
+                if text in self._cache:
+                    self._cache.move_to_end(text)
+                    found[text] = self._cache[text]
+        new = [text for text in dict.fromkeys(texts) if text not in found]
+        queued = {text: self._queue("text", text) for text in new}
+        for text, future in queued.items():
+            found[text] = future.result()
         with self._cache_lock:
-            self._cache[text] = vector
+            for text in queued:
+                self._cache[text] = found[text]
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return vector
+        return np.stack([found[t][0] for t in texts]), [found[t][1] for t in texts]
+
+    def image_counted(self, image: Image.Image, text: str | None = None) -> tuple[np.ndarray, int]:
+        """An uploaded image, alone or with a modification text (E5-V's composed query), and
+        the tokens of its prompt (the image's included)."""
+        return self._queue("composed" if text else "image", (image, text)).result()
 
     def embed_image(self, image: Image.Image, text: str | None = None) -> np.ndarray:
-        """An uploaded image, alone or with a modification text (E5-V's composed query)."""
-        return self._submit("composed" if text else "image", (image, text))
+        return self.image_counted(image, text)[0]
 
     # The engine's embed methods, as Engine.query_vector calls them (one item at a time here).
 
     def embed_texts(self, texts, progress=None) -> np.ndarray:
-        return np.stack([self.embed_text(text) for text in texts])
+        return self.texts_counted(list(texts))[0]
 
     def embed_images(self, images, progress=None, workers=0) -> np.ndarray:
         return np.stack([self.embed_image(image) for image in images])
 
     def embed_composed(self, images, texts, progress=None) -> np.ndarray:
         pairs = zip(images, texts, strict=True)
-        return np.stack([self._submit("composed", pair) for pair in pairs])
+        return np.stack([self.embed_image(image, text) for image, text in pairs])
 
     def close(self) -> None:
         self._jobs.put(_STOP)
         self._thread.join(timeout=10)
 
-    def _submit(self, kind, payload) -> np.ndarray:
+    def _queue(self, kind, payload) -> Future:
+        """A job for the model thread; its future gives (vector, prompt tokens)."""
         future: Future = Future()
         self._jobs.put((kind, payload, future))
-        return future.result()
+        return future
 
     def _loop(self) -> None:
         held = None  # a job taken while gathering texts, to run next
@@ -91,19 +109,20 @@ class ModelWorker:
 
     def _run(self, batch) -> None:
         kind = batch[0][0]
+        embed = self.engine.embed_counted
         try:
             if kind == "text":
                 self.batches.append(len(batch))
                 del self.batches[:-KEPT_BATCHES]
-                vectors = self.engine.embed_texts([p for _, p, _ in batch], progress=False)
+                vectors, tokens = embed(texts=[p for _, p, _ in batch], progress=False)
             elif kind == "image":
-                vectors = self.engine.embed_images([batch[0][1][0]], progress=False, workers=0)
+                vectors, tokens = embed(images=[batch[0][1][0]], progress=False)
             else:
                 image, text = batch[0][1]
-                vectors = self.engine.embed_composed([image], [text], progress=False)
+                vectors, tokens = embed(texts=[text], images=[image], progress=False)
         except Exception as error:  # noqa: BLE001 - every waiting request must hear of it
             for _, _, future in batch:
                 future.set_exception(error)
             return
-        for (_, _, future), vector in zip(batch, vectors, strict=True):
-            future.set_result(vector)
+        for (_, _, future), vector, count in zip(batch, vectors, tokens, strict=True):
+            future.set_result((vector, count))
