@@ -4,13 +4,12 @@ The engine is opened and the model loaded once, at start-up. Every model call go
 `ModelWorker` thread; index reads go through `_Index`, the engine behind a lock (they take
 milliseconds), which first follows what other processes committed.
 Files are served only for items the catalog knows, by integer id; uploads are size- and
-type-checked; the only files written are thumbnails inside the index directory. Requests
-pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400.
+type-checked (uploads.py); the only files written are thumbnails inside the index directory.
+Requests pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400.
 """
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterable
@@ -22,17 +21,17 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi import Path as FastPath
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel
 
 from .. import errors
-from ..config import MAX_ID, MAX_PIXELS, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
+from ..config import MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
-from ..images import upright_rgb
 from ..results import Result
 from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
+from .uploads import decode_image
 from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
@@ -239,22 +238,7 @@ def _thumb_url(item_id: int, modality: str) -> str | None:
 
 async def _read_upload(file: UploadFile, limit: int) -> Image.Image:
     data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"the upload is over {limit // 2**20} MiB")
-    if not data:
-        raise HTTPException(400, "the upload is empty")
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise HTTPException(413, f"the image has over {MAX_PIXELS:,} pixels")
-        image.load()
-        return upright_rgb(image)  # the same EXIF rule as a file on disk
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise HTTPException(415, f"{file.filename or 'the upload'} is not an image") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise HTTPException(
-            400, f"{file.filename or 'the upload'} cannot be decoded: {error}"
-        ) from error
+    return decode_image(data, limit, file.filename or "the upload")
 
 
 async def _in_thread(function, *args):
