@@ -33,15 +33,33 @@ from .options import echo_notices, errors_to_click, index_option, model_options,
     show_default=True,
     type=click.IntRange(min=1),
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    envvar="E5V_CORS_ORIGINS",
+    callback=lambda ctx, param, values: _origins(values),
+    help="A web origin (https://host[:port]) whose pages may call the read routes (/v1, "
+    "/api/search, /api/items, /api/info, /thumbs, /files) from a browser (repeatable; none by "
+    "default) [env: E5V_CORS_ORIGINS, space-separated].",
+)
+@click.option(
+    "--allow-remote-images",
+    is_flag=True,
+    help="Let /v1/embeddings fetch http(s) image URLs (10 s, the upload limit). Off by "
+    "default: any client could make the server fetch any address it reaches.",
+)
 @model_options
 @errors_to_click
-def serve(index, host, port, allowed, max_upload_mb, choice):
+def serve(index, host, port, allowed, max_upload_mb, cors_origins, allow_remote_images, choice):
     """Serve the search page and JSON API (OpenAPI docs at /docs), the model loaded once.
 
     Listens on localhost unless --host says otherwise. Answers only requests whose Host header
     is localhost, 127.0.0.1, [::1], the --host or an --allowed-host (others get 400, so a web
     page cannot read it through DNS rebinding). Request headers up to 8 KiB (431 beyond), each
-    request's head within 10 s, about 100 connections at once (503 beyond).
+    request's head within 10 s, about 100 connections at once (503 beyond). OpenAI-compatible
+    embeddings at /v1 (GET /v1/models, POST /v1/embeddings).
     """
     from ..serving.guards import LOCAL_HOSTS, WILDCARDS, allowed_hosts
     from ..serving.listener import listen, run, url_for
@@ -68,7 +86,10 @@ def serve(index, host, port, allowed, max_upload_mb, choice):
             engine,
             max_upload_bytes=max_upload_mb * 2**20,
             allowed_hosts=allowed_hosts(host, allowed),
+            cors_origins=cors_origins,
+            allow_remote_images=allow_remote_images,
         )
+        _warn_of(cors_origins, allow_remote_images)
         echo_notices(engine)
         click.echo(f"e5v-search on {url_for(host, port)} (index {engine.path})", err=True)
         try:
@@ -79,3 +100,30 @@ def serve(index, host, port, allowed, max_upload_mb, choice):
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _origins(values) -> tuple[str, ...]:
+    if not values:
+        return ()
+    from ..errors import InputError
+    from ..serving.cors import origin
+
+    try:
+        return tuple(origin(value) for value in values)
+    except InputError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _warn_of(cors_origins, allow_remote_images) -> None:
+    if "*" in cors_origins:
+        click.echo(
+            "warning: --cors-origin '*': any web page you visit may read this server's answers "
+            "(your images, their paths, your texts)",
+            err=True,
+        )
+    if allow_remote_images:
+        click.echo(
+            "warning: --allow-remote-images: clients can make this server fetch any URL, "
+            "addresses of its own network included",
+            err=True,
+        )

@@ -5,7 +5,9 @@ The engine is opened and the model loaded once, at start-up. Every model call go
 milliseconds), which first follows what other processes committed.
 Files are served only for items the catalog knows, by integer id; uploads are size- and
 type-checked (uploads.py); the only files written are thumbnails inside the index directory.
-Requests pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400.
+Requests pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400;
+then, where origins were given, CORS on the read routes (cors.py). The OpenAI-compatible
+routes under /v1 are openai_api.py's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ..config import MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
 from ..results import Result
+from . import openai_api
+from .cors import ReadRoutesCORS
 from .guards import LOCAL_HOSTS, RequestGuard
 from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
 from .uploads import decode_image
@@ -57,20 +61,33 @@ def create_app(
     thumbnail_cache_bytes: int = 256 * 2**20,
     text_cache_size: int = 1024,
     allowed_hosts: Iterable[str] | None = None,
+    cors_origins: Iterable[str] = (),
+    allow_remote_images: bool = False,
 ) -> FastAPI:
     """The app over an open engine. `allowed_hosts`: the names answered in the Host header
-    (`guards.allowed_hosts` makes the set `serve` uses); None is localhost's names only."""
+    (`guards.allowed_hosts` makes the set `serve` uses); None is localhost's names only.
+    `cors_origins`: web origins whose pages may call the read routes (cors.py); none by
+    default. `allow_remote_images`: /v1/embeddings may fetch http(s) image URLs."""
     engine.spec()  # load the model now, and refuse a model the index was not built with
     app = FastAPI(
         title="e5v-search",
         description="Multimodal search with E5-V: texts and images in one vector space.",
         version="0.1.0",
     )
-    app.add_middleware(
-        RequestGuard, allowed=LOCAL_HOSTS if allowed_hosts is None else allowed_hosts
-    )
     app.state.worker = ModelWorker(engine, cache_size=text_cache_size)
     index = _Index(engine)
+    openai_api.register(
+        app,
+        engine,
+        app.state.worker,
+        max_upload_bytes=max_upload_bytes,
+        allow_remote_images=allow_remote_images,
+    )
+    if cors_origins:
+        app.add_middleware(ReadRoutesCORS, origins=cors_origins)
+    app.add_middleware(  # added last, so the outermost: a Host not allowed meets nothing else
+        RequestGuard, allowed=LOCAL_HOSTS if allowed_hosts is None else allowed_hosts
+    )
 
     @app.exception_handler(E5VSearchError)
     async def library_error(request: Request, error: E5VSearchError):
