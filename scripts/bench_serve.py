@@ -1,11 +1,13 @@
-"""Search latency through the HTTP server against calling the engine directly, side by side.
+"""Search and embedding latency through the HTTP server against calling the engine directly.
 
     python scripts/bench_serve.py [--requests 200] [--record]
 
 Builds the sample corpus index with the tiny checkpoint (or `--model`), starts `e5v-search serve`
 in its own process, and times text searches: the engine called in this process, then the server
 with 1 and with 8 concurrent clients (every query a new text, so each one embeds), then repeated
-texts (served from the server's cache). Reports p50/p95 latency, throughput and the server's
+texts (served from the server's cache). Then embeddings: `engine.embed_texts` of 1 and of 32 new
+texts against `POST /v1/embeddings` of the same sizes (base64, what the openai SDK asks for by
+default, and float), called in turn. Reports p50/p95 latency, throughput and the server's
 overhead over the direct call.
 """
 
@@ -58,6 +60,59 @@ def http_search(base: str):
     return call
 
 
+def http_embed(base: str, encoding: str):
+    def call(texts):
+        body = json.dumps({"input": texts, "encoding_format": encoding}).encode()
+        request = urllib.request.Request(
+            f"{base}/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert len(json.load(response)["data"]) == len(texts)
+
+    return call
+
+
+def embedding_rows(engine, base: str, requests: int) -> dict:
+    """Latencies per batch size (1 and 32 texts) of `engine.embed_texts` and of the server's
+    `/v1/embeddings` in each encoding, one call of each in turn, so that a change in the
+    machine's load meets them alike; every call embeds texts never seen before."""
+    calls = {
+        "`engine.embed_texts`": engine.embed_texts,
+        "`POST /v1/embeddings`, base64": http_embed(base, "base64"),
+        "`POST /v1/embeddings`, float": http_embed(base, "float"),
+    }
+    rows = {}
+    for size, count in ((1, requests), (32, max(requests // 4, 4))):
+        rows[size] = {name: [] for name in calls}
+        for i in range(count):
+            for name, call in calls.items():
+                texts = [f"{name} {size} text {i} {j}" for j in range(size)]
+                started = time.perf_counter()
+                call(texts)
+                rows[size][name].append(time.perf_counter() - started)
+    return rows
+
+
+def embedding_table(rows: dict) -> list[str]:
+    lines = [
+        "\nEmbeddings, one client, new texts each call, the three paths called in turn:\n",
+        "| path | texts a call | p50 ms | p95 ms | texts/s | p50 against the direct call |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, paths in rows.items():
+        direct = None
+        for name, latencies in paths.items():
+            p50 = percentile(latencies, 50)
+            versus = "-" if direct is None else f"{p50 / direct:.2f}x ({p50 - direct:+.1f} ms)"
+            direct = direct or p50
+            rate = size * len(latencies) / sum(latencies)
+            lines.append(
+                f"| {name} | {size} | {p50:.1f} | {percentile(latencies, 95):.1f} | "
+                f"{rate:.0f} | {versus} |"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -68,11 +123,11 @@ def main() -> None:
     model = args.model or str(cached_tiny_checkpoint())
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     corpus = make_sample_corpus(work / "corpus")
-    with Engine.open(work / "ix", model=model, device=args.device, create=True) as engine:
-        engine.ingest([corpus["images"], corpus["captions"]], progress=False)
-        direct_queries = [f"a query about shape number {i}" for i in range(args.requests)]
-        engine.search(text="warm up")
-        direct, direct_qps = timed_calls(lambda t: engine.search(text=t, k=10), direct_queries, 1)
+    engine = Engine.open(work / "ix", model=model, device=args.device, create=True)
+    engine.ingest([corpus["images"], corpus["captions"]], progress=False)
+    direct_queries = [f"a query about shape number {i}" for i in range(args.requests)]
+    engine.search(text="warm up")
+    direct, direct_qps = timed_calls(lambda t: engine.search(text=t, k=10), direct_queries, 1)
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -93,9 +148,12 @@ def main() -> None:
             rows.append(("server, new texts", clients, *timed_calls(call, queries, clients)))
         repeated = [f"client query 8 {i % 10}" for i in range(args.requests)]
         rows.append(("server, repeated texts (cache)", 8, *timed_calls(call, repeated, 8)))
+        http_embed(base, "float")(["warm up"])
+        embeddings = embedding_rows(engine, base, args.requests)
     finally:
         server.terminate()
         server.wait(10)
+        engine.close()
         shutil.rmtree(work, ignore_errors=True)
 
     overhead = percentile(rows[1][2], 50) - percentile(direct, 50)
@@ -113,6 +171,7 @@ def main() -> None:
         ],
         f"\nServer overhead over the direct call (p50, 1 client): **{overhead:.1f} ms**.",
     ]
+    lines += embedding_table(embeddings)
     text = "\n".join(lines)
     print(text)
     if args.record:
