@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -39,29 +38,21 @@ def engine(tmp_path_factory, tiny_dir):
     engine.close()
 
 
-@contextmanager
-def serving(app):
-    """`app` on uvicorn in a thread with `serve`'s protocol, on a free port of 127.0.0.1."""
+@pytest.fixture(scope="module")
+def served(engine):
+    """The app as `serve` makes it by default (no CORS origin, no remote images), on uvicorn
+    in a thread with `serve`'s protocol, on a free port of 127.0.0.1."""
+    app = create_app(engine[0], max_upload_bytes=UPLOAD_LIMIT)
     sockets = listen("127.0.0.1", 0)
     server = make_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        app.state.worker.close()
-
-
-@pytest.fixture(scope="module")
-def served(engine):
-    """The app as `serve` makes it by default: no CORS origin, no remote images."""
-    app = create_app(engine[0], max_upload_bytes=UPLOAD_LIMIT)
-    with serving(app) as base:
-        yield base, app
+    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}", app
+    server.should_exit = True
+    thread.join(10)
+    app.state.worker.close()
 
 
 @pytest.fixture(scope="module")
@@ -323,10 +314,15 @@ class _Images(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.asked.append(self.path)
         data = self.files.get(self.path)
-        self.send_response(200 if data is not None else 404)
+        time.sleep(2 if self.path == "/slow" else 0)
+        self.send_response(302 if self.path == "/to-ftp" else 200 if data is not None else 404)
+        self.send_header("Location", "ftp://127.0.0.1/etc/passwd")
         self.send_header("Content-Length", str(len(data or b"")))
         self.end_headers()
-        self.wfile.write(data or b"")
+        try:
+            self.wfile.write(data or b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server under test stopped reading: what the test wants
 
     def log_message(self, *args):
         pass
@@ -398,6 +394,17 @@ def test_serve_allow_remote_images_fetches_within_the_limit(
             flagged + "/v1/embeddings", json={"messages": image_message(url + path)}
         )
         assert response.status_code == status and message in response.json()["error"]["message"]
+
+
+def test_a_remote_fetch_keeps_to_its_deadline_and_to_http(remote):
+    from fastapi import HTTPException
+
+    from e5v_search.serving.uploads import fetch
+
+    with pytest.raises(HTTPException, match="timed out"):
+        fetch(remote[0] + "/slow", UPLOAD_LIMIT, timeout=0.5)
+    with pytest.raises(HTTPException, match="not http"):
+        fetch(remote[0] + "/to-ftp", UPLOAD_LIMIT)
 
 
 def test_serve_cors_origin_answers_that_origin_on_the_read_routes_only(flagged):
