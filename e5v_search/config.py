@@ -15,6 +15,9 @@ MAX_LINE_BYTES = 2**20  # a line of a .txt, .jsonl or .csv file: a longer one is
 MAX_JSON_DEPTH = 64  # nesting of a record's values: deeper ones are refused, never stored
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
+# Results whose vectors are at least this similar (cosine) are shown as one picture's copies:
+# clip-retrieval's deduplication threshold (Engine.collapse)
+DUPLICATE_COSINE = 0.94
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
 INDEXES = Path("indexes")  # home of named indexes
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .closing import Closing
-from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
+from .config import DEFAULT_MODEL, DUPLICATE_COSINE, MAX_BATCH_TOKENS, MAX_ID
 from .errors import InputError
 from .filters import metadata_filter
 from .images import IMAGE_EXTENSIONS
@@ -254,6 +254,29 @@ class Engine(Closing):
         hits = self.search_vectors(query / norm, k, target, where=where, params=params)[0]
         rows = {row["id"]: row for row in self.items([h.id for h in hits])}
         return [Result.of(h, rows[h.id]) for h in hits if h.id in rows]
+
+    def collapse(
+        self, results: list[Result], threshold: float = DUPLICATE_COSINE
+    ) -> list[list[Result]]:
+        """Near-identical results once: groups in the results' order, each a result and the
+        later ones whose stored vectors are at least `threshold` cosine to it (a resized,
+        re-encoded or rotated copy of one photo). A result joins the group of the most similar
+        earlier leader, so a copy always sits under a better-ranked original."""
+        if not results:
+            return []
+        vectors = self.vectors([r.id for r in results])
+        leaders: list[int] = []
+        groups: list[list[Result]] = []
+        for n, result in enumerate(results):
+            if leaders:
+                similarity = vectors[leaders] @ vectors[n]
+                best = int(np.argmax(similarity))
+                if similarity[best] >= threshold:
+                    groups[best].append(result)
+                    continue
+            leaders.append(n)
+            groups.append([result])
+        return groups
 
     def search_vectors(self, queries, k: int, target: str, *, where=None, params=(), among=None):
         """Hits (id, score, modality) per query row, best first: the batch form evaluation

@@ -143,3 +143,28 @@ def test_a_checkpoint_too_big_for_fp32_in_ram_loads_in_bf16_on_a_cpu():
     assert cpu_dtype(parameters, 32 * gib) == "bfloat16"
     assert cpu_dtype(parameters, 128 * gib) == "float32"  # a server keeps exact fp32
     assert cpu_dtype(2_000_000, 1 * gib) == "float32"  # the tiny checkpoint, as the tests run it
+
+
+def test_collapse_folds_copies_under_the_best_ranked_original():
+    import numpy as np
+
+    from e5v_search.engine import Engine
+    from e5v_search.results import Result
+
+    cat, cat_copy, dog, cat_rotated = np.eye(4, dtype=np.float32)[[0, 0, 1, 0]]
+    cat_copy = cat_copy * 0.96 + np.eye(4, dtype=np.float32)[2] * 0.28  # cosine 0.96 to cat
+    vectors = {1: cat, 2: cat_copy / np.linalg.norm(cat_copy), 3: dog, 4: cat_rotated}
+
+    class Stored:
+        def vectors(self, ids):
+            return np.stack([vectors[i] for i in ids])
+
+    results = [Result(i, 1.0 - i / 10, "image", f"/{i}.jpg", "", None) for i in (1, 3, 2, 4)]
+    groups = Engine.collapse(Stored(), results)
+    assert [[r.id for r in group] for group in groups] == [[1, 2, 4], [3]]
+    assert [[r.id for r in g] for g in Engine.collapse(Stored(), results, 0.97)] == [
+        [1, 4],
+        [3],
+        [2],
+    ]
+    assert Engine.collapse(Stored(), []) == []
