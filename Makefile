@@ -9,10 +9,13 @@ TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint format clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# clip-retrieval's own client and page, for tests/test_clip_api.py: without its requirements,
+	# which pin numpy<2 and torchvision (a torchvision build breaks this torch)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps clip-retrieval==2.45.0
 	touch $@
 
 demo: $(VENV)/.installed

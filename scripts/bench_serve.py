@@ -7,8 +7,10 @@ in its own process, and times text searches: the engine called in this process, 
 with 1 and with 8 concurrent clients (every query a new text, so each one embeds), then repeated
 texts (served from the server's cache). Then embeddings: `engine.embed_texts` of 1 and of 32 new
 texts against `POST /v1/embeddings` of the same sizes (base64, what the openai SDK asks for by
-default, and float), called in turn. Reports p50/p95 latency, throughput and the server's
-overhead over the direct call.
+default, and float), called in turn. Then clip-retrieval's `POST /knn-service` (a text, 40
+images, deduplicated and not) against `engine.search` (and `engine.collapse`) of the same
+query, called in turn. Reports p50/p95 latency, throughput and the server's overhead over the
+direct call.
 """
 
 from __future__ import annotations
@@ -72,17 +74,23 @@ def http_embed(base: str, encoding: str):
     return call
 
 
-def embedding_rows(engine, base: str, requests: int) -> dict:
-    """Latencies per batch size (1 and 32 texts) of `engine.embed_texts` and of the server's
-    `/v1/embeddings` in each encoding, one call of each in turn, so that a change in the
-    machine's load meets them alike; every call embeds texts never seen before."""
-    calls = {
-        "`engine.embed_texts`": engine.embed_texts,
-        "`POST /v1/embeddings`, base64": http_embed(base, "base64"),
-        "`POST /v1/embeddings`, float": http_embed(base, "float"),
-    }
+def http_knn(base: str, deduplicate: bool):
+    def call(texts):
+        body = {"text": texts[0], "modality": "image", "num_images": 40, "deduplicate": deduplicate}
+        # no content type, as ClipClient sends it
+        request = urllib.request.Request(f"{base}/knn-service", data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.load(response)
+
+    return call
+
+
+def in_turn(calls: dict, sizes, requests: int) -> dict:
+    """Latencies per batch size of each path, one call of each in turn, so that a change in
+    the machine's load meets them alike; every call embeds texts never seen before."""
     rows = {}
-    for size, count in ((1, requests), (32, max(requests // 4, 4))):
+    for size in sizes:
+        count = requests if size == 1 else max(requests // 4, 4)
         rows[size] = {name: [] for name in calls}
         for i in range(count):
             for name, call in calls.items():
@@ -93,16 +101,46 @@ def embedding_rows(engine, base: str, requests: int) -> dict:
     return rows
 
 
-def embedding_table(rows: dict) -> list[str]:
+def embedding_rows(engine, base: str, requests: int) -> dict:
+    """`engine.embed_texts` of 1 and 32 texts against `/v1/embeddings` in each encoding."""
+    calls = {
+        "`engine.embed_texts`": engine.embed_texts,
+        "`POST /v1/embeddings`, base64": http_embed(base, "base64"),
+        "`POST /v1/embeddings`, float": http_embed(base, "float"),
+    }
+    return in_turn(calls, (1, 32), requests)
+
+
+def knn_rows(engine, base: str, requests: int) -> dict:
+    """A text's 40 nearest images: `engine.search` (and `engine.collapse`, as `deduplicate`
+    does) against `POST /knn-service`."""
+
+    def direct(texts, collapse=False):
+        results = engine.search(text=texts[0], k=40, modality="image")
+        return engine.collapse(results) if collapse else results
+
+    calls = {
+        "`engine.search`": direct,
+        "`POST /knn-service`, deduplicate false": http_knn(base, False),
+        "`engine.search` + `engine.collapse`": lambda texts: direct(texts, collapse=True),
+        "`POST /knn-service`, deduplicate true": http_knn(base, True),
+    }
+    return in_turn(calls, (1,), requests)
+
+
+def table(rows: dict, title: str, per_call: str, pairs: bool = False) -> list[str]:
+    """Rows of paths, each against the direct call above it (`pairs`: the one just above)."""
     lines = [
-        "\nEmbeddings, one client, new texts each call, the three paths called in turn:\n",
-        "| path | texts a call | p50 ms | p95 ms | texts/s | p50 against the direct call |",
+        f"\n{title}\n",
+        f"| path | {per_call} | p50 ms | p95 ms | per second | p50 against the direct call |",
         "|---|---|---|---|---|---|",
     ]
     for size, paths in rows.items():
         direct = None
-        for name, latencies in paths.items():
+        for n, (name, latencies) in enumerate(paths.items()):
             p50 = percentile(latencies, 50)
+            if pairs and n % 2 == 0:
+                direct = None
             versus = "-" if direct is None else f"{p50 / direct:.2f}x ({p50 - direct:+.1f} ms)"
             direct = direct or p50
             rate = size * len(latencies) / sum(latencies)
@@ -150,6 +188,8 @@ def main() -> None:
         rows.append(("server, repeated texts (cache)", 8, *timed_calls(call, repeated, 8)))
         http_embed(base, "float")(["warm up"])
         embeddings = embedding_rows(engine, base, args.requests)
+        http_knn(base, True)(["warm up"])
+        knn = knn_rows(engine, base, args.requests)
     finally:
         server.terminate()
         server.wait(10)
@@ -171,7 +211,18 @@ def main() -> None:
         ],
         f"\nServer overhead over the direct call (p50, 1 client): **{overhead:.1f} ms**.",
     ]
-    lines += embedding_table(embeddings)
+    lines += table(
+        embeddings,
+        "Embeddings, one client, new texts each call, the three paths called in turn:",
+        "texts a call",
+    )
+    lines += table(
+        knn,
+        "clip-retrieval's /knn-service: a new text each call, its 40 nearest images, one "
+        "client, the four paths called in turn (each route against the direct call above it):",
+        "texts a call",
+        pairs=True,
+    )
     text = "\n".join(lines)
     print(text)
     if args.record:

@@ -118,3 +118,26 @@ def assert_same_catalog(a, b, tolerance=1e-5):
     assert errors_a == errors_b
     pairs = zip(rows_a, rows_b, strict=True)
     assert max(np.abs(x - y).max() for (_, x), (_, y) in pairs) <= tolerance
+
+
+CHROMIUM = os.environ.get("E5V_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    """A page of headless Chromium (Debian's: Playwright cannot download a browser here),
+    driven by Playwright; skipped where there is no Chromium (make test installs it)."""
+    import shutil
+
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser.new_page()
+        browser.close()

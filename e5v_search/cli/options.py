@@ -101,7 +101,8 @@ def lock_option(command):
     )(command)
 
 
-def open_engine(index, create=False, choice=None):
+def open_engine(index, create=False, choice=None, encoder=None):
+    """The engine of an index; `encoder`: a model already loaded (serve's second index)."""
     from ..engine import Engine
 
     meta = click.get_current_context().meta
@@ -111,6 +112,7 @@ def open_engine(index, create=False, choice=None):
         lock_timeout=meta.get("lock_timeout"),
         on_wait=lambda message: click.echo(f"{message} ...", err=True),
         choice=choice,
+        encoder=encoder,
     )
 
 

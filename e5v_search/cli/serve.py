@@ -6,11 +6,21 @@ import click
 
 from ..config import MAX_UPLOAD_BYTES
 from . import cli
-from .options import echo_notices, errors_to_click, index_option, model_options, open_engine
+from .options import echo_notices, errors_to_click, model_options, open_engine
 
 
 @cli.command()
-@index_option
+@click.option(
+    "--index",
+    "indexes",
+    multiple=True,
+    envvar="E5V_SEARCH_INDEX",
+    default=("default",),
+    show_default=True,
+    help="Index directory, or a name for indexes/NAME [env: E5V_SEARCH_INDEX]. Repeatable, "
+    "one model for all: the first is the page's and /api's; clip-retrieval's clients pick any "
+    "by its folder's name (indice_name).",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -47,19 +57,20 @@ from .options import echo_notices, errors_to_click, index_option, model_options,
 @click.option(
     "--allow-remote-images",
     is_flag=True,
-    help="Let /v1/embeddings fetch http(s) image URLs (10 s, the upload limit). Off by "
-    "default: any client could make the server fetch any address it reaches.",
+    help="Let /v1/embeddings and /knn-service fetch http(s) image URLs (10 s, the upload "
+    "limit). Off by default: any client could make the server fetch any address it reaches.",
 )
 @model_options
 @errors_to_click
-def serve(index, host, port, allowed, max_upload_mb, cors_origins, allow_remote_images, choice):
+def serve(indexes, host, port, allowed, max_upload_mb, cors_origins, allow_remote_images, choice):
     """Serve the search page and JSON API (OpenAPI docs at /docs), the model loaded once.
 
     Listens on localhost unless --host says otherwise. Answers only requests whose Host header
     is localhost, 127.0.0.1, [::1], the --host or an --allowed-host (others get 400, so a web
     page cannot read it through DNS rebinding). Request headers up to 8 KiB (431 beyond), each
     request's head within 10 s, about 100 connections at once (503 beyond). OpenAI-compatible
-    embeddings at /v1 (GET /v1/models, POST /v1/embeddings).
+    embeddings at /v1 (GET /v1/models, POST /v1/embeddings); clip-retrieval's back end for
+    its ClipClient and clip-front (POST /knn-service, POST /metadata, GET /indices-list).
     """
     from ..serving.guards import LOCAL_HOSTS, WILDCARDS, allowed_hosts
     from ..serving.listener import listen, run, url_for
@@ -81,9 +92,11 @@ def serve(index, host, port, allowed, max_upload_mb, cors_origins, allow_remote_
             )
         from ..serving.app import create_app
 
-        engine = open_engine(index, choice=choice)
+        engine = open_engine(indexes[0], choice=choice)
+        others = [open_engine(i, choice=choice, encoder=engine.encoder) for i in indexes[1:]]
         app = create_app(
             engine,
+            others=others,
             max_upload_bytes=max_upload_mb * 2**20,
             allowed_hosts=allowed_hosts(host, allowed),
             cors_origins=cors_origins,
@@ -91,12 +104,14 @@ def serve(index, host, port, allowed, max_upload_mb, cors_origins, allow_remote_
         )
         _warn_of(cors_origins, allow_remote_images)
         echo_notices(engine)
-        click.echo(f"e5v-search on {url_for(host, port)} (index {engine.path})", err=True)
+        served = ", ".join(str(each.path) for each in (engine, *others))
+        click.echo(f"e5v-search on {url_for(host, port)} (index {served})", err=True)
         try:
             run(app, sockets)
         finally:
             app.state.worker.close()
-            engine.close()
+            for each in (engine, *others):
+                each.close()
     finally:
         for sock in sockets:
             sock.close()

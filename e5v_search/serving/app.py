@@ -1,18 +1,18 @@
 """The HTTP API and the search page (FastAPI). Handlers only call the engine.
 
 The engine is opened and the model loaded once, at start-up. Every model call goes through one
-`ModelWorker` thread; index reads go through `_Index`, the engine behind a lock (they take
-milliseconds), which first follows what other processes committed.
+`ModelWorker` thread; index reads go through `ServedIndex`, each engine behind a lock (they
+take milliseconds), which first follows what other processes committed (indexes.py).
 Files are served only for items the catalog knows, by integer id; uploads are size- and
 type-checked (uploads.py); the only files written are thumbnails inside the index directory.
 Requests pass `RequestGuard` first: headers over 8 KiB get 431, a Host not allowed gets 400;
 then, where origins were given, CORS on the read routes (cors.py). The OpenAI-compatible
-routes under /v1 are openai_api.py's.
+routes under /v1 are openai_api.py's; clip-retrieval's (/knn-service, /metadata,
+/indices-list) clip_api.py's, over every index served.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,10 +31,11 @@ from ..config import MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
 from ..results import Result
-from . import openai_api
+from . import clip_api, openai_api
 from .cors import ReadRoutesCORS
 from .guards import LOCAL_HOSTS, RequestGuard
-from .thumbnails import THUMBNAIL_SIZES, ThumbnailCache, thumbnail_folder
+from .indexes import Served, ServedIndex
+from .thumbnails import THUMBNAIL_SIZES
 from .uploads import decode_image
 from .worker import ModelWorker
 
@@ -57,6 +58,7 @@ class SearchOut(BaseModel):
 def create_app(
     engine,
     *,
+    others: Iterable = (),
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     thumbnail_cache_bytes: int = 256 * 2**20,
     text_cache_size: int = 1024,
@@ -67,18 +69,29 @@ def create_app(
     """The app over an open engine. `allowed_hosts`: the names answered in the Host header
     (`guards.allowed_hosts` makes the set `serve` uses); None is localhost's names only.
     `cors_origins`: web origins whose pages may call the read routes (cors.py); none by
-    default. `allow_remote_images`: /v1/embeddings may fetch http(s) image URLs."""
-    engine.spec()  # load the model now, and refuse a model the index was not built with
+    default. `allow_remote_images`: /v1/embeddings and /knn-service may fetch http(s) image
+    URLs. `others`: more engines on the same encoder, served to clip-retrieval's clients by
+    name beside `engine`'s index (the page's and /api's)."""
+    engines = [engine, *others]
+    for each in engines:  # load the model now; refuse an index built with another one
+        each.spec()
     app = FastAPI(
         title="e5v-search",
         description="Multimodal search with E5-V: texts and images in one vector space.",
         version="0.1.0",
     )
     app.state.worker = ModelWorker(engine, cache_size=text_cache_size)
-    index = _Index(engine)
+    indexes = Served(engines, thumbnail_cache_bytes)
     openai_api.register(
         app,
         engine,
+        app.state.worker,
+        max_upload_bytes=max_upload_bytes,
+        allow_remote_images=allow_remote_images,
+    )
+    clip_api.register(
+        app,
+        indexes,
         app.state.worker,
         max_upload_bytes=max_upload_bytes,
         allow_remote_images=allow_remote_images,
@@ -93,8 +106,8 @@ def create_app(
     async def library_error(request: Request, error: E5VSearchError):
         return JSONResponse({"detail": str(error)}, status_code=status_of(error))
 
-    _search_routes(app, index, app.state.worker, max_upload_bytes)
-    _item_routes(app, index, ThumbnailCache(thumbnail_folder(engine.path), thumbnail_cache_bytes))
+    _search_routes(app, indexes.default, app.state.worker, max_upload_bytes)
+    _item_routes(app, indexes)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -104,46 +117,7 @@ def create_app(
     return app
 
 
-class _Index:
-    """The engine behind one lock: FAISS and catalog reads take milliseconds, and a refresh
-    (what a CLI ingest, delete or rebuild committed meanwhile) must not run beside a search."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self._lock = threading.Lock()
-
-    def search(self, vector, target: str, k: int, filters: dict):
-        with self._lock:
-            self.engine.refresh()
-            return self.engine.search_vector(vector, target=target, k=k, where=filters or None)
-
-    def like(self, item_id: int, k: int, target: str | None, filters: dict):
-        with self._lock:
-            self.engine.refresh()
-            if not self.engine.items([item_id]):
-                raise HTTPException(404, f"no item with id {item_id}")
-            return self.engine.search(like=item_id, k=k, modality=target, where=filters or None)
-
-    def item(self, item_id: int, image: bool = False) -> dict:
-        with self._lock:
-            rows = self.engine.items([item_id])
-        if image and rows and (rows[0]["modality"] != "image" or not rows[0]["source"]):
-            rows = []
-        if not rows:
-            raise HTTPException(404, f"no {'image' if image else 'item'} with id {item_id}")
-        return rows[0]
-
-    def info(self) -> dict:
-        with self._lock:
-            self.engine.refresh()
-            return self.engine.info()
-
-    def counts(self) -> dict:
-        with self._lock:
-            return self.engine.counts()
-
-
-def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_bytes: int):
+def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_upload_bytes: int):
     def answer(query, k: int, type: str | None, filters: dict, started) -> SearchOut:
         vector, target = query
         results = index.search(vector, type or target, k, filters)
@@ -183,33 +157,39 @@ def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_
         return await _in_thread(answer, vector, k, type, filters, started)
 
 
-def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
+def _item_routes(app: FastAPI, indexes: Served):
+    first = indexes.default
+    which = Query(None, description="Which served index (its folder's name); the first if none")
+
     @app.get("/api/items/{item_id}", summary="An item's metadata")
     def item(item_id: int = FastPath(ge=1, le=MAX_ID)):
-        row = index.item(item_id)
+        row = first.item(item_id)
         return {**row, "thumbnail": _thumb_url(row["id"], row["modality"])}
 
     @app.get("/api/info", summary="Counts, model spec, index types and sizes")
     def info():
-        return index.info()
+        return first.info()
 
     @app.get("/api/health", summary="Liveness and what is loaded")
     def health():
-        encoder = index.engine.encoder
+        encoder = first.engine.encoder
         return {
             "status": "ok",
-            "items": index.counts(),
+            "items": first.counts(),
             "model": encoder.model_id,
             "device": str(encoder.device),
         }
 
     @app.get("/thumbs/{item_id}.jpg", summary="A thumbnail of a stored image")
-    def thumbnail(item_id: int = FastPath(ge=1, le=MAX_ID), size: int = Query(256)):
+    def thumbnail(
+        item_id: int = FastPath(ge=1, le=MAX_ID), size: int = Query(256), index: str | None = which
+    ):
         if size not in THUMBNAIL_SIZES:
             raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
-        row = index.item(item_id, image=True)
+        served = indexes.get_index(index)
+        row = served.item(item_id, image=True)
         try:
-            path = thumbnails.get(row, size)
+            path = served.thumbnails.get(row, size)
         except errors.InputError as error:
             raise HTTPException(404, f"image {item_id} cannot be read now: {error}") from error
         return FileResponse(
@@ -217,8 +197,8 @@ def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
         )
 
     @app.get("/files/{item_id}", summary="The original file of a stored image")
-    def original(item_id: int = FastPath(ge=1, le=MAX_ID)):
-        row = index.item(item_id, image=True)
+    def original(item_id: int = FastPath(ge=1, le=MAX_ID), index: str | None = which):
+        row = indexes.get_index(index).item(item_id, image=True)
         if not Path(row["source"]).is_file():
             raise HTTPException(404, f"the file of item {item_id} is gone")
         return FileResponse(row["source"])

@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ..errors import E5VSearchError
-from .uploads import image_from_url
+from .uploads import image_from_url, read_body
 
 MAX_INPUTS = 2048  # texts a request, as OpenAI's own API; the model thread batches them
 OWNER = "e5v-search"
@@ -330,16 +330,10 @@ class _CappedRequest(Request):
 
     async def body(self) -> bytes:
         if not hasattr(self, "_capped"):
-            declared = self.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.limit:
+            data = await read_body(self, self.limit)
+            if data is None:
                 raise self._too_large()
-            chunks, size = [], 0
-            async for chunk in self.stream():
-                size += len(chunk)
-                if size > self.limit:
-                    raise self._too_large()
-                chunks.append(chunk)
-            self._capped = b"".join(chunks)
+            self._capped = data
         return self._capped
 
     def _too_large(self) -> ApiError:

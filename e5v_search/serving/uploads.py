@@ -48,6 +48,21 @@ def decode_image(data: bytes, limit: int, name: str = "the upload") -> Image.Ima
         raise HTTPException(400, f"{name} cannot be decoded: {error}") from error
 
 
+async def read_body(request, limit: int) -> bytes | None:
+    """A request's body, or None when it is over `limit` bytes (as declared or as sent): read a
+    chunk at a time, so an oversized body is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def image_from_url(url: str, limit: int, *, allow_remote: bool = False) -> Image.Image:
     """The image of an OpenAI-style `image_url`: a data: URI, or an http(s) URL if allowed."""
     scheme = urllib.parse.urlsplit(url[:16]).scheme.lower()
