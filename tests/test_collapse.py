@@ -87,3 +87,22 @@ def test_the_threshold_puts_every_copy_and_nothing_else_with_its_original(served
     assert sorted(r.source.rsplit("/", 1)[1].split(".")[0] for r in group) == sorted(
         [PICTURE] + [f"{PICTURE}-{kind}" for kind in COPY_KINDS]
     )
+
+
+def test_photo_copies_show_the_original_upright(tmp_path):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from e5v_search.testing import draw_shape
+
+    original = tmp_path / "shape.png"
+    draw_shape("red", "triangle", "grey").save(original)
+    pixels = np.asarray(Image.open(original).convert("RGB"), dtype=np.float32)
+    copies = photo_copies(original, tmp_path / "copies")
+    assert list(copies) == list(COPY_KINDS) and all(path.is_file() for path in copies.values())
+    for kind, path in copies.items():
+        stored = Image.open(path)
+        if kind.startswith("exif-rotated"):
+            assert stored.size == (120, 160)  # stored on its side, the tag turns it back
+        shown = ImageOps.exif_transpose(stored).convert("RGB").resize((160, 120))
+        assert np.abs(np.asarray(shown, dtype=np.float32) - pixels).mean() < 8, kind
