@@ -16,7 +16,9 @@ MAX_JSON_DEPTH = 64  # nesting of a record's values: deeper ones are refused, ne
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
 # Results whose vectors are at least this similar (cosine) are shown as one picture's copies:
-# clip-retrieval's deduplication threshold (Engine.collapse)
+# clip-retrieval's deduplication threshold (Engine.collapse). Measured on the tiny trained model
+# (scripts/bench_dedupe.py, docs/benchmarks.md): resized, re-encoded and EXIF-rotated copies are
+# >= 0.998 to their original; E5-V's own copies could not be measured (no hub here)
 DUPLICATE_COSINE = 0.94
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
 INDEXES = Path("indexes")  # home of named indexes

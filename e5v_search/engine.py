@@ -333,6 +333,13 @@ class Engine(Closing):
         rows = self.store.catalog.lookup(keys)
         return [rows[key]["id"] if key in rows else None for key in keys]
 
+    def newest(self, k: int, modality: str | None = None) -> list[dict]:
+        """The k items (of `modality`) stored last, newest first: the page's first screen. One
+        indexed read of k rows, whatever the size of the collection."""
+        last = "SELECT id FROM items WHERE ? IS NULL OR modality = ? ORDER BY id DESC LIMIT ?"
+        ids = self.store.catalog.ids(where=f"id IN ({last})", params=(modality, modality, k))
+        return self.items(ids[::-1])
+
     def counts(self) -> dict[str, int]:
         return {m: self.store.catalog.count(m) for m in MODALITIES}
 

@@ -331,6 +331,38 @@ def draw_shape(color: str, shape: str, background: str, rng=None) -> Image.Image
     return image
 
 
+# How one photo is copied in a real library: what near-duplicate collapse must catch.
+COPY_KINDS = ("half-size", "jpeg-q90", "jpeg-q60", "webp-q80", "exif-rotated-6", "exif-rotated-8")
+
+
+def photo_copies(source: str | Path, folder: str | Path) -> dict[str, Path]:
+    """Copies of the image at `source` in `folder`, one per COPY_KINDS: resized to half, JPEG at
+    quality 90 and 60, WebP at 80, and stored turned a quarter either way with the EXIF
+    Orientation (6, 8) that shows them upright again, as a phone writes them."""
+    from PIL import ImageOps
+
+    source, folder = Path(source), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image = ImageOps.exif_transpose(Image.open(source)).convert("RGB")
+    stem = source.stem
+    paths = {kind: folder / f"{stem}-{kind}" for kind in COPY_KINDS}
+    half = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.LANCZOS)
+    half.save(paths["half-size"].with_suffix(".png"))
+    image.save(paths["jpeg-q90"].with_suffix(".jpg"), quality=90)
+    image.save(paths["jpeg-q60"].with_suffix(".jpg"), quality=60)
+    image.save(paths["webp-q80"].with_suffix(".webp"), quality=80)
+    # Orientation 6 shows the stored pixels turned 90 degrees clockwise, 8 counter-clockwise.
+    for kind, orientation, stored in (
+        ("exif-rotated-6", 6, Image.Transpose.ROTATE_90),
+        ("exif-rotated-8", 8, Image.Transpose.ROTATE_270),
+    ):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.transpose(stored).save(paths[kind].with_suffix(".jpg"), quality=95, exif=exif)
+    suffix = {"half-size": ".png", "webp-q80": ".webp"}
+    return {kind: path.with_suffix(suffix.get(kind, ".jpg")) for kind, path in paths.items()}
+
+
 def clustered_vectors(n: int, dim: int, clusters: int = 50, spread: float = 0.5, seed: int = 0):
     """Unit vectors around random cluster centres: like embeddings, unlike uniform noise (on
     which every ANN index looks equally bad)."""

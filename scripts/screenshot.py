@@ -1,7 +1,10 @@
-"""Take the README's picture of the search page: the trained tiny model over the sample corpus,
-served on localhost, queried in headless Chromium (Debian's, driven by Playwright).
+"""Take the README's pictures of the search page, at a desktop's width and a phone's (390x844 at
+DPR 2): the trained tiny model over the sample corpus and copies of one of its pictures (so a
+"+6 copies" badge shows), served on localhost, queried in headless Chromium (Debian's, driven by
+Playwright).
 
-    python scripts/screenshot.py [--out docs/search-page.png] [--query "..."]
+    python scripts/screenshot.py [--out docs/search-page.png]
+        [--phone-out docs/search-page-phone.png] [--query "..."]
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote_plus
 
 from e5v_search.engine import Engine
 from e5v_search.serving.app import create_app
-from e5v_search.testing import make_sample_corpus
+from e5v_search.testing import make_sample_corpus, photo_copies
 from e5v_search.training import cached_trained_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +31,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "search-page.png")
-    parser.add_argument("--query", default="A red circle on a grey background.")
+    parser.add_argument("--phone-out", type=Path, default=ROOT / "docs" / "search-page-phone.png")
+    parser.add_argument("--query", default="A green triangle on a pale background.")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         corpus = make_sample_corpus(Path(folder) / "corpus")
+        copied = corpus["images"] / "pale" / "green-triangle-pale.png"
+        photo_copies(copied, corpus["images"] / "copies")
         engine = Engine.open(
             Path(folder) / "ix", model=str(cached_trained_checkpoint()), device="cpu", create=True
         )
@@ -50,20 +57,23 @@ def main() -> None:
             browser = playwright.chromium.launch(
                 executable_path=args.chromium, headless=True, args=["--no-sandbox", "--disable-gpu"]
             )
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}")
-            page.fill("#q", args.query)
-            page.press("#q", "Enter")
-            page.wait_for_function(
-                "[...document.querySelectorAll('.card.image img')].slice(0, 12)"
-                ".every(img => img.complete && img.naturalWidth > 0)"
-            )
-            page.screenshot(path=str(args.out))
+            desktop = {"viewport": {"width": 1100, "height": 760}}
+            phone = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2}
+            phone.update(is_mobile=True, has_touch=True)
+            for options, out in ((desktop, args.out), (phone, args.phone_out)):
+                page = browser.new_page(**options)
+                page.goto(f"http://127.0.0.1:{port}/?q={quote_plus(args.query)}")
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.card.image img')].slice(0, 12)"
+                    ".every(img => img.complete && img.naturalWidth > 0)"
+                )
+                page.screenshot(path=str(out))
+                page.close()
             browser.close()
         server.should_exit = True
         app.state.worker.close()
         engine.close()
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.phone_out}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from conftest import sample_engine
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from e5v_search.config import DUPLICATE_COSINE
 from e5v_search.serving.app import create_app
 
 
@@ -221,3 +222,53 @@ def test_the_servers_own_state_is_a_503_and_the_requests_fault_a_400(served):
         del engine.store.damaged["image"]
     assert answer.status_code == 503 and "e5v-search rebuild" in answer.json()["detail"]
     assert client.get("/api/search", params={"q": " "}).status_code == 400
+
+
+def test_bad_collapse_values_and_unknown_fields(served):
+    client, _, corpus = served
+    bad = client.get("/api/search", params={"q": "x", "collapse": "sometimes"})
+    assert bad.status_code == 422 and "collapse" in bad.text
+    # What issue 21's page sends before the server knows it: ignored, not refused.
+    body = client.post(
+        "/api/search/image",
+        files={"file": ("q.png", (corpus["images"] / "grey" / "red-circle-grey.png").read_bytes())},
+        data={"mode": "hybrid", "min_score": "0.3"},
+    )
+    assert body.status_code == 200
+    assert client.get("/api/search", params={"q": "x", "mode": "hybrid"}).status_code == 200
+
+
+def test_recent_items_favicon_and_local_docs(served):
+    client, _, _ = served
+    recent = client.get("/api/recent", params={"k": 3}).json()["items"]
+    assert len(recent) == 3 and recent[0]["id"] > recent[1]["id"] > recent[2]["id"]
+    assert all(r["modality"] == "image" and r["thumbnail"] for r in recent)
+    texts = client.get("/api/recent", params={"type": "text"}).json()["items"]
+    assert len(texts) == 12 and all(r["modality"] == "text" for r in texts)
+    assert client.get("/api/recent", params={"k": 0}).status_code == 422
+    assert client.get("/api/recent", params={"type": "video"}).status_code == 422
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    docs = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/redoc").status_code == 404
+    schema = client.get("/openapi.json").json()
+    names = [p["name"] for p in schema["paths"]["/api/search"]["get"]["parameters"]]
+    assert "collapse" in names and "/api/recent" in schema["paths"]
+
+
+def test_collapse_answers_k_groups_each_with_its_copies(served):
+    client, engine, _ = served
+    params = {"q": "a dog", "k": 5, "type": "any"}
+    body = client.get("/api/search", params={**params, "collapse": "true"}).json()["results"]
+    assert len(body) == 5
+    shown = [r["id"] for r in body] + [c for r in body for c in r["copies"]]
+    assert len(shown) == len(set(shown))  # an item is shown, or under one result, once
+    for result in body:  # each copy is near-identical to its result
+        if result["copies"]:
+            vectors = engine.vectors([result["id"], *result["copies"]])
+            assert min(vectors[1:] @ vectors[0]) >= DUPLICATE_COSINE
+    assert all(
+        r["copies"] == [] for r in client.get("/api/search", params=params).json()["results"]
+    )

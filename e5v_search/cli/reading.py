@@ -25,7 +25,8 @@ from .options import (
     "--image",
     "-i",
     type=click.Path(dir_okay=False),
-    help="Query image (with QUERY: E5-V's composed image+text query).",
+    help="Query image (with QUERY: E5-V's composed image+text query). Alone it finds texts "
+    "unless --type says otherwise; `--type image` for photos like it.",
 )
 @click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
 @click.option(

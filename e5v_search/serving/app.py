@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -45,9 +45,11 @@ Modality = Literal["image", "text", "any"]
 
 @dataclass
 class ResultOut(Result):
-    """A result as the engine returns it, with the URL of its thumbnail (images)."""
+    """A result as the engine returns it, with the URL of its thumbnail (images) and, when the
+    search collapsed near-duplicates, the ids of this result's copies (best first)."""
 
     thumbnail: str | None = None
+    copies: list[int] = field(default_factory=list)
 
 
 class SearchOut(BaseModel):
@@ -79,6 +81,8 @@ def create_app(
         title="e5v-search",
         description="Multimodal search with E5-V: texts and images in one vector space.",
         version="0.1.0",
+        docs_url=None,  # /docs below, from this server's own copy of Swagger UI
+        redoc_url=None,  # ReDoc comes only from a CDN
     )
     app.state.worker = ModelWorker(engine, cache_size=text_cache_size)
     indexes = Served(engines, thumbnail_cache_bytes)
@@ -113,15 +117,46 @@ def create_app(
     def page():
         return (STATIC / "index.html").read_text()
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _docs_routes(app)
     return app
 
 
+def _docs_routes(app: FastAPI) -> None:
+    """/docs with Swagger UI's files from the swagger-ui-bundle package, served here: the docs
+    work on a machine without internet (FastAPI's default loads them from a CDN)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="e5v-search API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
+        )
+
+
+COLLAPSE = (
+    "Show near-identical results (a resized, re-encoded or rotated copy) once: each result's "
+    "`copies` lists the ids of the others, and k such groups are returned where there are k"
+)
+
+
 def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_upload_bytes: int):
-    def answer(query, k: int, type: str | None, filters: dict, started) -> SearchOut:
+    def answer(query, k: int, type: str | None, filters: dict, collapse, started) -> SearchOut:
         vector, target = query
-        results = index.search(vector, type or target, k, filters)
-        return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
+        groups = index.search(vector, type or target, k, filters, collapse)
+        return SearchOut(results=[_out(*group) for group in groups], took_ms=_ms(started))
 
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
     def search(
@@ -130,15 +165,17 @@ def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_up
         k: int = Query(10, ge=1, le=1000),
         type: Modality | None = Query(None, description="Results' modality [other than query's]"),
         meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
+        collapse: bool = Query(False, description=COLLAPSE),
     ):
         started = time.perf_counter()
         filters = parse_filters(meta)
         if (q is None) == (like is None):
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
-            results = index.like(like, k, type, filters)
-            return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
-        return answer(index.engine.query_vector(q, embedder=worker), k, type, filters, started)
+            groups = index.like(like, k, type, filters, collapse)
+            return SearchOut(results=[_out(*group) for group in groups], took_ms=_ms(started))
+        vector = index.engine.query_vector(q, embedder=worker)
+        return answer(vector, k, type, filters, collapse, started)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
     async def search_image(
@@ -147,6 +184,7 @@ def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_up
         k: int = Form(10, ge=1, le=1000),
         type: Modality | None = Form(None),
         meta: list[str] = Form([]),
+        collapse: bool = Form(False, description=COLLAPSE),
     ):
         started = time.perf_counter()
         image = await _read_upload(file, max_upload_bytes)
@@ -154,7 +192,7 @@ def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_up
         text = text if text and text.strip() else None
         query = index.engine.query_vector
         vector = await _in_thread(lambda: query(text, image, embedder=worker))
-        return await _in_thread(answer, vector, k, type, filters, started)
+        return await _in_thread(answer, vector, k, type, filters, collapse, started)
 
 
 def _item_routes(app: FastAPI, indexes: Served):
@@ -179,6 +217,11 @@ def _item_routes(app: FastAPI, indexes: Served):
             "model": encoder.model_id,
             "device": str(encoder.device),
         }
+
+    @app.get("/api/recent", summary="The items stored last, newest first (the page's sample)")
+    def recent(k: int = Query(12, ge=1, le=100), type: Literal["image", "text"] = "image"):
+        rows = first.newest(k, type)
+        return {"items": [{**row, "thumbnail": _thumb_url(row["id"], type)} for row in rows]}
 
     @app.get("/thumbs/{item_id}.jpg", summary="A thumbnail of a stored image")
     def thumbnail(
@@ -225,8 +268,9 @@ def status_of(error: E5VSearchError) -> int:
     return 500
 
 
-def _out(result) -> ResultOut:
-    return ResultOut(**result.to_dict(), thumbnail=_thumb_url(result.id, result.modality))
+def _out(result, *copies) -> ResultOut:
+    thumbnail = _thumb_url(result.id, result.modality)
+    return ResultOut(**result.to_dict(), thumbnail=thumbnail, copies=[c.id for c in copies])
 
 
 def _thumb_url(item_id: int, modality: str) -> str | None:

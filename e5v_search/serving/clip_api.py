@@ -135,8 +135,8 @@ def _knn(body: KnnRequest, index: ServedIndex, image, worker, dim: int):
             )
         vector = vector / np.linalg.norm(vector)
     wanted = max(body.num_result_ids or body.num_images, body.num_images)
-    results = index.search(vector, body.modality, wanted)
-    if body.deduplicate:
+    results = [group[0] for group in index.search(vector, body.modality, wanted)]
+    if body.deduplicate:  # among these results, as clip-retrieval does: a deeper fetch costs
         results = [group[0] for group in index.collapse(results)]
     shown = index.items([r.id for r in results[: body.num_images]])
     return results, {row["id"]: row for row in shown}

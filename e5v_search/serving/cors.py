@@ -18,7 +18,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import InputError
 
-READ_PATHS = frozenset({"/api/search", "/api/info", "/knn-service", "/metadata", "/indices-list"})
+READ_PATHS = frozenset(
+    {"/api/search", "/api/info", "/api/recent", "/knn-service", "/metadata", "/indices-list"}
+)
 READ_PREFIXES = ("/v1/", "/api/search/", "/api/items/", "/thumbs/", "/files/")
 
 

@@ -9,9 +9,11 @@ index. The first index is the page's and /api's; clip-retrieval's `indice_name` 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from fastapi import HTTPException
 
+from ..config import MAX_K
 from ..errors import InputError
 from .thumbnails import ThumbnailCache, thumbnail_folder
 
@@ -23,17 +25,40 @@ class ServedIndex:
         self.thumbnails = ThumbnailCache(thumbnail_folder(engine.path), thumbnail_cache_bytes)
         self._lock = threading.Lock()
 
-    def search(self, vector, target: str, k: int, filters: dict | None = None):
+    def search(self, vector, target: str, k: int, filters=None, collapse: bool = False):
+        """The top k results, each a group of one; collapsed, k groups of copies (_groups)."""
+
+        def top(n: int):
+            return self.engine.search_vector(vector, target=target, k=n, where=filters or None)
+
         with self._lock:
             self.engine.refresh()
-            return self.engine.search_vector(vector, target=target, k=k, where=filters or None)
+            return self._groups(top, k, collapse)
 
-    def like(self, item_id: int, k: int, target: str | None, filters: dict):
+    def like(self, item_id: int, k: int, target: str | None, filters: dict, collapse=False):
+        def top(n: int):
+            where = filters or None
+            return self.engine.search(like=item_id, k=n, modality=target, where=where)
+
         with self._lock:
             self.engine.refresh()
             if not self.engine.items([item_id]):
                 raise HTTPException(404, f"no item with id {item_id}")
-            return self.engine.search(like=item_id, k=k, modality=target, where=filters or None)
+            return self._groups(top, k, collapse)
+
+    def _groups(self, top: Callable[[int], list], k: int, collapse: bool) -> list[list]:
+        """The top k results, each a group of one; collapsed, k groups of near-identical results
+        (Engine.collapse), from candidates fetched deeper (4k, then 16k...) until k groups are
+        found, the index has no more, or MAX_K candidates were looked at."""
+        if not collapse:
+            return [[result] for result in top(k)]
+        depth = min(4 * k, MAX_K)
+        while True:
+            results = top(depth)
+            groups = self.engine.collapse(results)
+            if len(groups) >= k or len(results) < depth or depth == MAX_K:
+                return groups[:k]
+            depth = min(4 * depth, MAX_K)
 
     def collapse(self, results):
         with self._lock:
@@ -59,6 +84,11 @@ class ServedIndex:
     def counts(self) -> dict:
         with self._lock:
             return self.engine.counts()
+
+    def newest(self, k: int, modality: str) -> list[dict]:
+        with self._lock:
+            self.engine.refresh()
+            return self.engine.newest(k, modality)
 
 
 class Served(dict):
