@@ -275,3 +275,51 @@ def test_clip_front_from_another_origin_shows_the_described_picture_first(
     row = httpx.get(f"{backend}/api/items/{item_id}").json()
     assert Path(row["source"]).name == "red-circle-pale.png"
     assert page.evaluate(f"fetch('{src}').then(r => r.status)") == 200
+
+
+def test_serve_takes_several_indexes_on_one_model_and_refuses_others(
+    engines, trained_dir, tiny_dir, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    first, second, *_ = engines
+    env = dict(os.environ, E5V_MODEL=str(trained_dir), E5V_DEVICE="cpu")
+
+    def serve(*indexes, port=None):
+        args = [a for index in indexes for a in ("--index", str(index))]
+        port = port or free_port()
+        command = [sys.executable, "-m", "e5v_search.cli", "serve", *args, "--port", str(port)]
+        return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+    port = free_port()
+    process = serve(first.path, second.path, port=port)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                names = httpx.get(f"http://127.0.0.1:{port}/indices-list", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.time() < deadline, process.stderr.read()
+                time.sleep(0.2)
+        assert names == ["ix", "copies"]
+        found = knn(f"http://127.0.0.1:{port}", indice_name="copies", text="a blue square")
+        assert Path(found.json()[0]["path"]).name == "square.png"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+    with Engine.open(tmp_path / "other", model=str(tiny_dir), device="cpu", create=True) as other:
+        other.ingest([engines[3] / "square.png"], progress=False)
+    refused = serve(first.path, tmp_path / "other")
+    _, said = refused.communicate(timeout=120)
+    assert refused.returncode != 0 and "Traceback" not in said
+    assert str(trained_dir) in said or "model" in said.lower()
+
+    (tmp_path / "again").mkdir()
+    shutil.copytree(second.path, tmp_path / "again" / "copies")
+    twice = serve(second.path, tmp_path / "again" / "copies")
+    _, said = twice.communicate(timeout=120)
+    assert twice.returncode == 2 and "two indexes are named 'copies'" in said
