@@ -16,6 +16,10 @@ MAX_JSON_DEPTH = 64  # nesting of a record's values: deeper ones are refused, ne
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another: a cron ingest beside a long one
 MAX_ID = 2**63 - 1  # item ids are SQLite integers
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
+SEARCH_MODES = ("vector", "keyword", "hybrid")  # how a search ranks (README: Search modes)
+RRF_K = 60  # reciprocal rank fusion's k, as in Qdrant, LanceDB and Milvus
+HYBRID_WEIGHT = 0.5  # the vector side's share of a hybrid score; the keyword side has the rest
+HYBRID_CANDIDATES = 100  # each side of a hybrid search gives at least this many candidates
 INDEXES = Path("indexes")  # home of named indexes
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .. import errors
-from ..config import MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
+from ..config import HYBRID_WEIGHT, MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
 from ..results import Result
@@ -40,6 +40,9 @@ from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
 Modality = Literal["image", "text", "any"]
+Mode = Literal["vector", "keyword", "hybrid"]  # config.SEARCH_MODES
+MODE_HELP = "vector (cosine), keyword (BM25 of the words) or hybrid (both fused)"
+MIN_SCORE_HELP = "Cut results scoring below this (the mode's score); `cut` says how many"
 
 
 @dataclass
@@ -52,6 +55,19 @@ class ResultOut(Result):
 class SearchOut(BaseModel):
     results: list[ResultOut]
     took_ms: float
+    cut: int = 0  # how many of the k best `min_score` removed
+
+
+@dataclass
+class Ranking:
+    """How a request ranks: its mode, score threshold and hybrid weight."""
+
+    mode: str = "vector"
+    min_score: float | None = None
+    weight: float = HYBRID_WEIGHT
+
+    def options(self) -> dict:
+        return {"mode": self.mode, "min_score": self.min_score, "weight": self.weight}
 
 
 def create_app(
@@ -112,17 +128,21 @@ class _Index:
         self.engine = engine
         self._lock = threading.Lock()
 
-    def search(self, vector, target: str, k: int, filters: dict):
+    def search(self, vector, target: str, k: int, filters: dict, text, ranking: Ranking):
         with self._lock:
             self.engine.refresh()
-            return self.engine.search_vector(vector, target=target, k=k, where=filters or None)
+            return self.engine.search_vector(
+                vector, target=target, k=k, where=filters or None, text=text, **ranking.options()
+            )
 
-    def like(self, item_id: int, k: int, target: str | None, filters: dict):
+    def like(self, item_id: int, k: int, target: str | None, filters: dict, ranking: Ranking):
         with self._lock:
             self.engine.refresh()
             if not self.engine.items([item_id]):
                 raise HTTPException(404, f"no item with id {item_id}")
-            return self.engine.search(like=item_id, k=k, modality=target, where=filters or None)
+            return self.engine.search(
+                like=item_id, k=k, modality=target, where=filters or None, **ranking.options()
+            )
 
     def item(self, item_id: int, image: bool = False) -> dict:
         with self._lock:
@@ -144,10 +164,10 @@ class _Index:
 
 
 def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_bytes: int):
-    def answer(query, k: int, type: str | None, filters: dict, started) -> SearchOut:
+    def answer(query, k, type, filters, text, ranking: Ranking, started) -> SearchOut:
         vector, target = query
-        results = index.search(vector, type or target, k, filters)
-        return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
+        results = index.search(vector, type or target, k, filters, text, ranking)
+        return _answer(results, started)
 
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
     def search(
@@ -156,15 +176,19 @@ def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_
         k: int = Query(10, ge=1, le=1000),
         type: Modality | None = Query(None, description="Results' modality [other than query's]"),
         meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
+        mode: Mode = Query("vector", description=MODE_HELP),
+        min_score: float | None = Query(None, description=MIN_SCORE_HELP, allow_inf_nan=False),
+        weight: float = Query(HYBRID_WEIGHT, ge=0, le=1, description="Hybrid: vector share"),
     ):
         started = time.perf_counter()
         filters = parse_filters(meta)
+        ranking = Ranking(mode, min_score, weight)
         if (q is None) == (like is None):
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
-            results = index.like(like, k, type, filters)
-            return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started))
-        return answer(index.engine.query_vector(q, embedder=worker), k, type, filters, started)
+            return _answer(index.like(like, k, type, filters, ranking), started)
+        query = index.engine.query_vector(q, embedder=worker, mode=mode)
+        return answer(query, k, type, filters, q, ranking, started)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
     async def search_image(
@@ -173,14 +197,18 @@ def _search_routes(app: FastAPI, index: _Index, worker: ModelWorker, max_upload_
         k: int = Form(10, ge=1, le=1000),
         type: Modality | None = Form(None),
         meta: list[str] = Form([]),
+        mode: Mode = Form("vector", description=MODE_HELP),
+        min_score: float | None = Form(None, description=MIN_SCORE_HELP, allow_inf_nan=False),
+        weight: float = Form(HYBRID_WEIGHT, ge=0, le=1, description="Hybrid: vector share"),
     ):
         started = time.perf_counter()
         image = await _read_upload(file, max_upload_bytes)
         filters = parse_filters(meta)
+        ranking = Ranking(mode, min_score, weight)
         text = text if text and text.strip() else None
         query = index.engine.query_vector
-        vector = await _in_thread(lambda: query(text, image, embedder=worker))
-        return await _in_thread(answer, vector, k, type, filters, started)
+        vector = await _in_thread(lambda: query(text, image, embedder=worker, mode=mode))
+        return await _in_thread(answer, vector, k, type, filters, text, ranking, started)
 
 
 def _item_routes(app: FastAPI, index: _Index, thumbnails: ThumbnailCache):
@@ -243,6 +271,10 @@ def status_of(error: E5VSearchError) -> int:
     if isinstance(error, errors.EmbeddingError):
         return 422  # this input gives no finite vector
     return 500
+
+
+def _answer(results, started) -> SearchOut:
+    return SearchOut(results=[_out(r) for r in results], took_ms=_ms(started), cut=results.cut)
 
 
 def _out(result) -> ResultOut:
