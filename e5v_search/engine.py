@@ -138,6 +138,7 @@ class Engine(Closing):
         progress: bool | None = None,
         ray=None,
         max_memory: int | str | None = None,
+        refresh_metadata: bool = False,
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
@@ -145,7 +146,9 @@ class Engine(Closing):
         instead of local threads.
         At the end each modality's index type follows the collection (storage/policy.py) within
         `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
-        else $E5V_MAX_MEMORY, else half the RAM)."""
+        else $E5V_MAX_MEMORY, else half the RAM). `refresh_metadata` reads the photo metadata
+        of image files stored unchanged again (no model, no new vector; new and changed files
+        always get theirs)."""
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
@@ -172,6 +175,7 @@ class Engine(Closing):
             workers=workers,
             on_error=on_error,
             progress=progress,
+            refresh_metadata=refresh_metadata,
         )
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):

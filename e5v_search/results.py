@@ -83,6 +83,7 @@ class IngestReport:
     unchanged: int = 0
     failed: int = 0
     pruned: int = 0
+    refreshed: int = 0  # items whose metadata changed without a new vector
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     index_changes: list[str] = field(default_factory=list)  # types the policy switched, and why
