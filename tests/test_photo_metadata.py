@@ -197,3 +197,15 @@ def test_cli_refresh_metadata_says_how_many(tmp_path, tiny_dir, photos):
     )
     assert result.exit_code == 0, result.output
     assert "unchanged 2" in result.stderr and "metadata refreshed 0" in result.stderr
+
+
+def test_a_heic_file_gives_its_exif_through_pillow_heif(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    if not pillow_heif.libheif_info().get("HEIF"):
+        pytest.skip("libheif here has no HEIF encoder")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Apple", "iPhone 15"
+    exif.get_ifd(ExifTags.IFD.Exif)[0x9003] = "2024:05:01 08:00:00"
+    path = tmp_path / "IMG_0001.HEIC"
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(path, "HEIF", exif=exif.tobytes())
+    assert photo_metadata(path) == {"taken": "2024-05-01T08:00:00", "camera": "Apple iPhone 15"}
