@@ -150,6 +150,11 @@ def test_ingested_photos_filter_and_keyword_search_by_their_metadata(tmp_path, t
         assert [r.source for r in found] == [canon[0]["source"]]
         by_camera = engine.search("a photo", modality="image", where={"camera": "Canon EOS R6"})
         assert [r.id for r in by_camera] == [canon[0]["id"]]
+        tagged = "EXISTS (SELECT 1 FROM json_each(metadata, '$.keywords') WHERE value = 'lake')"
+        assert [r.id for r in engine.search("x", mode="keyword", where=tagged)] == []
+        assert [r.id for r in engine.search("photo", modality="image", where=tagged)] == [
+            canon[0]["id"]
+        ]
         for words in ("canon", "malaren", "Öland", "summer", "img_0042"):
             assert [r.id for r in engine.search(words, mode="keyword")] == [canon[0]["id"]]
     env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
