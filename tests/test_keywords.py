@@ -321,3 +321,21 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((40, 60, 3), 120, dtype=np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_an_item_only_the_words_find_still_gets_its_vector_rank(tmp_path):
+    """The rare code's note is the farthest of 300 from the query vector, far below the vector
+    side's 100 candidates: pooled, it is ranked on both sides and beats the item the vectors
+    put first, which holds none of the words (without the pool the two would tie at 0.5)."""
+    store = Store.open(tmp_path / "ix", create=True)
+    vectors = clustered_vectors(301, DIM, seed=3)
+    vectors[300] = -vectors[0]
+    items = [
+        {"modality": "text", "source": "/n.txt", "locator": str(i), "text": f"filler {i}"}
+        for i in range(300)
+    ]
+    items.append({"modality": "text", "source": "/n.txt", "locator": "code", "text": NOTES[0]})
+    store.add(items, vectors, SPEC)
+    fused = store.search_hybrid(vectors[0], "XK-2291-B", k=2)
+    assert _ids(fused) == [301, 1]
+    assert fused[0].score == pytest.approx(0.5 + 0.5 * 61 / (60 + 101))

@@ -16,12 +16,15 @@ rarest words, and an item needs only one of them to be a candidate.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+
+import numpy as np
 
 from ..config import HYBRID_CANDIDATES, HYBRID_WEIGHT, RRF_K
 from ..errors import InputError
 from ..filters import one_expression
-from .search import Hit
+from .search import Hit, search
 
 
 def match_expression(text: str) -> str | None:
@@ -30,9 +33,12 @@ def match_expression(text: str) -> str | None:
     return " OR ".join(words) or None
 
 
-def keyword_search(catalog, text: str, k: int, modality=None, where=None, params=()) -> list:
+def keyword_search(
+    catalog, text: str, k: int, modality=None, where=None, params=(), among=None
+) -> list:
     """The k best items for `text` by BM25 (score: -bm25, so higher is better), of `modality`
-    (both if None), among the items `where` (SQL on items) selects; ties by id."""
+    (both if None), among the items `where` (SQL on items) selects and, given, the ids
+    `among`; ties by id. BM25's statistics are the whole index's, whatever is selected."""
     expression = match_expression(text)
     if expression is None:
         return []
@@ -45,6 +51,9 @@ def keyword_search(catalog, text: str, k: int, modality=None, where=None, params
         sql, args = sql + " AND items.modality = ?", [*args, modality]
     if where:
         sql, args = sql + f" AND ({one_expression(where)})", [*args, *params]
+    if among is not None:  # one parameter, whatever the number of ids
+        sql += " AND items.id IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps([int(i) for i in among]))
     sql += " ORDER BY bm25(items_fts), items.id LIMIT ?"
     try:
         rows = catalog.conn.execute(sql, [*args, int(k)]).fetchall()
@@ -53,6 +62,26 @@ def keyword_search(catalog, text: str, k: int, modality=None, where=None, params
             raise InputError(f"bad filter {where!r}: {error}") from error
         raise
     return [Hit(int(i), float(score), modality) for i, score, modality in rows]
+
+
+def pooled(store, query, text: str, k: int, modality, where, params):
+    """The two rankings a hybrid search fuses, over one pool of candidates: each side's best
+    `candidates(k)`, then every pooled item ranked by its exact cosine (from its stored vector,
+    so an item only the words found still gets its place on the vector side) and, if it holds
+    any of the words at all, by BM25. A damaged stored vector leaves its item off the vector
+    side (named in the catalog's damaged_rows)."""
+    depth = candidates(k)
+    found = search(store, query, depth, modality, where, params, None)[0]
+    found += keyword_search(store.catalog, text, depth, modality, where, params)
+    modality_of = {hit.id: hit.modality for hit in found}
+    ids, vectors = store.catalog.readable_vectors(sorted(modality_of))
+    cosines = (vectors @ np.asarray(query, dtype=np.float32)).tolist() if len(ids) else []
+    by_vector = sorted(zip(ids.tolist(), cosines, strict=True), key=lambda p: (-p[1], p[0]))
+    vector_side = [Hit(i, score, modality_of[i]) for i, score in by_vector]
+    word_side = keyword_search(
+        store.catalog, text, len(modality_of), modality, where, params, among=modality_of
+    )
+    return vector_side, word_side
 
 
 def candidates(k: int) -> int:

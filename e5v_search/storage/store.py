@@ -30,7 +30,7 @@ from . import loading, rebuild, segments
 from .blobs import as_stored
 from .catalog import MODALITIES, Catalog, now
 from .integrity import catalog_damage
-from .keywords import candidates, fuse, keyword_search
+from .keywords import fuse, keyword_search, pooled
 from .locking import WriterLock
 from .manifest import DEFAULT_FACTORY
 from .problems import write_error
@@ -284,17 +284,15 @@ class Store(Closing):
         weight: float = HYBRID_WEIGHT,
         rrf_k: int = RRF_K,
     ) -> list[Hit]:
-        """Top-k hits of the vector and the keyword rankings fused (keywords.fuse), each side
-        giving its best `candidates(k)` under the same filter; `weight` is the vector side's
-        share."""
+        """Top-k hits of the vector and the keyword rankings fused (keywords.fuse) over the
+        candidates both sides pooled under the same filter (keywords.pooled); `weight` is the
+        vector side's share."""
         if not 0.0 <= float(weight) <= 1.0:
             raise InputError(f"the hybrid weight must be between 0 and 1, got {weight}")
         if int(rrf_k) < 1:
             raise InputError(f"the fusion's k (rrf_k) must be at least 1, got {rrf_k}")
-        depth = candidates(k)
         with self._state:
-            vector = search(self, query, depth, modality, where, params, None)[0]
-            words = keyword_search(self.catalog, text, depth, modality, where, params)
+            vector, words = pooled(self, query, text, k, modality, where, params)
         return fuse(vector, words, k, float(weight), int(rrf_k))
 
     # -- maintenance -------------------------------------------------------------------------
