@@ -21,6 +21,10 @@ MAX_ID = 2**63 - 1  # item ids are SQLite integers
 # >= 0.998 to their original; E5-V's own copies could not be measured (no hub here)
 DUPLICATE_COSINE = 0.94
 MAX_K = 10_000  # results per query: beyond this, page through a filter instead
+SEARCH_MODES = ("vector", "keyword", "hybrid")  # how a search ranks (README: Search modes)
+RRF_K = 60  # reciprocal rank fusion's k, as in Qdrant, LanceDB and Milvus
+HYBRID_WEIGHT = 0.5  # the vector side's share of a hybrid score; the keyword side has the rest
+HYBRID_CANDIDATES = 100  # each side of a hybrid search gives at least this many candidates
 INDEXES = Path("indexes")  # home of named indexes
 
 

@@ -19,13 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from .closing import Closing
-from .config import DEFAULT_MODEL, DUPLICATE_COSINE, MAX_BATCH_TOKENS, MAX_ID
+from .config import (
+    DEFAULT_MODEL,
+    DUPLICATE_COSINE,
+    HYBRID_WEIGHT,
+    MAX_BATCH_TOKENS,
+    MAX_ID,
+    RRF_K,
+)
 from .errors import InputError
 from .filters import metadata_filter
 from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
 from .model.loading import ModelChoice
-from .results import TARGET_OF, IngestReport, Result
+from .results import TARGET_OF, IngestReport, Result, Results, above, check_mode
 from .spec import Spec
 from .storage.catalog import MODALITIES
 from .storage.store import Store
@@ -138,6 +145,7 @@ class Engine(Closing):
         progress: bool | None = None,
         ray=None,
         max_memory: int | str | None = None,
+        refresh_metadata: bool = False,
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
@@ -145,7 +153,9 @@ class Engine(Closing):
         instead of local threads.
         At the end each modality's index type follows the collection (storage/policy.py) within
         `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
-        else $E5V_MAX_MEMORY, else half the RAM)."""
+        else $E5V_MAX_MEMORY, else half the RAM). `refresh_metadata` reads the photo metadata
+        of image files stored unchanged again (no model, no new vector; new and changed files
+        always get theirs)."""
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
@@ -165,7 +175,14 @@ class Engine(Closing):
             backend = ThreadBackend(lambda: self.encoder, workers, max_pixels)
             spec = self.spec
         run = Ingestion(
-            self.store, spec, backend, report, workers=workers, on_error=on_error, progress=progress
+            self.store,
+            spec,
+            backend,
+            report,
+            workers=workers,
+            on_error=on_error,
+            progress=progress,
+            refresh_metadata=refresh_metadata,
         )
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
@@ -228,32 +245,73 @@ class Engine(Closing):
         params=(),
         add=(),
         subtract=(),
-    ) -> list[Result]:
+        mode: str = "vector",
+        min_score: float | None = None,
+        weight: float = HYBRID_WEIGHT,
+        rrf_k: int = RRF_K,
+    ) -> Results:
         """Top-k items for a text, an image, both (E5-V's composed query) or a stored item
         (`like`), optionally moved towards `add` and away from `subtract` queries (texts, image
         paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
-        ("any" searches both); `where` is SQL on the items table or a {metadata key: value}
-        dict."""
-        query, target = self.query_vector(text, image, like=like, add=add, subtract=subtract)
-        results = self.search_vector(
-            query, target=modality or target, k=k + (like is not None), where=where, params=params
+        ("any" searches both; a keyword search, both); `where` is SQL on the items table or a
+        {metadata key: value} dict. `mode`: "vector" (cosine), "keyword" (BM25 over the words
+        of `text`: no model needed) or "hybrid" (both fused by reciprocal rank, `weight` the
+        vector side's share, `rrf_k` the fusion's k). Results scoring below `min_score` (the
+        score of the mode) are cut from the k best: `Results.cut` says how many."""
+        query, target = self.query_vector(
+            text, image, like=like, add=add, subtract=subtract, mode=mode
         )
-        return [r for r in results if r.id != like][:k]
+        results = self.search_vector(
+            query,
+            target=modality or target,
+            k=k + (like is not None),
+            where=where,
+            params=params,
+            text=text,
+            mode=mode,
+            weight=weight,
+            rrf_k=rrf_k,
+        )
+        return above(min_score, [r for r in results if r.id != like][:k])
 
     def search_vector(
-        self, vector, *, target: str, k: int = 10, where=None, params=()
-    ) -> list[Result]:
-        """Top-k items for a query already embedded; `target` is the modality to return
-        (image, text or any): see TARGET_OF for what a query of each kind usually wants."""
-        query = np.asarray(vector, dtype=np.float32)
-        norm = np.linalg.norm(query)
-        if norm == 0:
-            raise InputError("the query vector is zero (added and subtracted queries cancel out?)")
+        self,
+        vector,
+        *,
+        target: str,
+        k: int = 10,
+        where=None,
+        params=(),
+        text: str | None = None,
+        mode: str = "vector",
+        min_score: float | None = None,
+        weight: float = HYBRID_WEIGHT,
+        rrf_k: int = RRF_K,
+    ) -> Results:
+        """Top-k items for a query already embedded (None in keyword mode), and in keyword and
+        hybrid modes its `text`; `target` is the modality to return (image, text or any): see
+        TARGET_OF for what a query of each kind usually wants. `mode`, `min_score`, `weight`
+        and `rrf_k` as in `search`."""
+        check_mode(mode, text)
         if isinstance(where, dict):
             where, params = metadata_filter(where)
-        hits = self.search_vectors(query / norm, k, target, where=where, params=params)[0]
+        modality = None if target == "any" else target
+        if mode == "keyword":
+            hits = self.store.search_keywords(text, k, modality, where, params)
+        else:
+            query = np.asarray(vector, dtype=np.float32)
+            norm = np.linalg.norm(query)
+            if norm == 0:
+                raise InputError(
+                    "the query vector is zero (added and subtracted queries cancel out?)"
+                )
+            if mode == "hybrid":
+                args = (query / norm, text, k, modality, where, params, weight, rrf_k)
+                hits = self.store.search_hybrid(*args)
+            else:
+                hits = self.search_vectors(query / norm, k, target, where=where, params=params)[0]
         rows = {row["id"]: row for row in self.items([h.id for h in hits])}
-        return [Result.of(h, rows[h.id]) for h in hits if h.id in rows]
+        return above(min_score, [Result.of(h, rows[h.id]) for h in hits if h.id in rows])
 
     def collapse(
         self, results: list[Result], threshold: float = DUPLICATE_COSINE
@@ -285,19 +343,30 @@ class Engine(Closing):
         return self.store.search(queries, k, modality, where, params, among=among)
 
     def query_vector(
-        self, text=None, image=None, *, like=None, add=(), subtract=(), embedder=None
-    ) -> tuple[np.ndarray, str]:
+        self, text=None, image=None, *, like=None, add=(), subtract=(), embedder=None, mode=None
+    ) -> tuple[np.ndarray | None, str]:
         """The unit vector of a query and the modality it finds unless told (TARGET_OF): a
         text, an image, both (E5-V's composed query), or a stored item (`like`: more of its
         own kind), moved towards `add` and away from `subtract` (texts, image paths, or
         (term, weight) pairs). `embedder` makes the model calls (the server's one model
-        thread, which calls this engine's embed methods); this engine's own by default."""
+        thread, which calls this engine's embed methods); this engine's own by default.
+        In `mode` "keyword" nothing is embedded: (None, "any"), words matching words in
+        items of either kind."""
         embedder = embedder or self
         given = sum(x is not None for x in (text, image)) + (like is not None)
         if not given or (like is not None and given > 1):
             raise InputError("give a text, an image, both, or the id of a stored item (like)")
         if text is not None and not str(text).strip():
             raise InputError("the query text is empty")
+        if mode is not None:
+            check_mode(mode, text)
+        if mode == "keyword":
+            if image is not None or add or subtract:
+                raise InputError(
+                    "a keyword search matches the words of the query text only: an image, "
+                    "--add or --subtract need mode vector or hybrid"
+                )
+            return None, "any"
         if like is not None:
             like = _item_id(like)
             rows = self.items([like])
@@ -455,4 +524,4 @@ def _item_id(value) -> int:
     return number
 
 
-__all__ = ["Engine", "IngestReport", "Result", "TARGET_OF"]
+__all__ = ["Engine", "IngestReport", "Result", "Results", "TARGET_OF"]

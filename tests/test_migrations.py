@@ -15,6 +15,7 @@ from e5v_search.storage.migrations import (
     m003_file_state_and_unique_errors,
     m004_counts,
     m005_checksums,
+    m006_keywords,
     migrate,
     pending_migrations,
 )
@@ -25,6 +26,7 @@ SHIPPED = [
     m003_file_state_and_unique_errors,
     m004_counts,
     m005_checksums,
+    m006_keywords,
 ]
 NAMES = [migration.__name__ for migration in SHIPPED]
 THEN = "2025-06-01T12:00:00.000001+00:00"
@@ -79,7 +81,7 @@ def _read_only(path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
-def test_a_new_catalog_runs_and_records_the_five_migrations(tmp_path):
+def test_a_new_catalog_runs_and_records_every_migration(tmp_path):
     path = tmp_path / "catalog.sqlite"
     assert pending_migrations(sqlite3.connect(":memory:")) == NAMES
     catalog = Catalog(path)
@@ -89,7 +91,7 @@ def test_a_new_catalog_runs_and_records_the_five_migrations(tmp_path):
     assert pending_migrations(_read_only(path)) == []
     catalog.close()
     assert Catalog(path).migrations_applied == []
-    assert len(_history(path)) == 5
+    assert len(_history(path)) == len(NAMES)
 
 
 @pytest.mark.parametrize("applied", [5, 3])

@@ -79,6 +79,21 @@ def test_captions_find_their_images_and_images_their_captions(engine, corpus):
     assert t2i >= 0.75 and i2t >= 0.75, (t2i, i2t)  # measured 44 and 44 of 48
 
 
+def test_hybrid_finds_at_least_what_the_vectors_find(engine, corpus):
+    """Fusion with the keyword side (here the images' file and folder names) must not lose
+    what the vectors already find."""
+    root, records = corpus["root"], corpus["records"]
+    vector = _caption_top1(engine, records, lambda r: root / r["image"])
+    hybrid = np.mean(
+        [
+            engine.search(r["text"], k=1, modality="image", mode="hybrid")[0].source
+            == str(root / r["image"])
+            for r in records
+        ]
+    )
+    assert hybrid >= vector, (vector, hybrid)
+
+
 def test_held_out_combinations_are_found_too(engine, corpus):
     from e5v_search.training import HELD_OUT
 

@@ -54,3 +54,23 @@ def test_rebuild_script_chooses_a_type_for_a_memory_budget(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "image: SQ8," in result.stdout and "Flat needs" in result.stdout
     assert "recall@10 image->image" in result.stdout
+
+
+def test_bench_hybrid_runs_at_a_tiny_size(tmp_path, tiny_dir):
+    result = _run(
+        "scripts/bench_hybrid.py",
+        "--sizes",
+        "300",
+        "--queries",
+        "5",
+        "--notes",
+        "6",
+        "--no-shapes",
+        "--model",
+        str(tiny_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| rare terms: code | 6 |" in result.stdout
+    for mode in ("vector", "keyword", "hybrid"):
+        assert f"| 300 | {mode} |" in result.stdout
+    assert "bytes per item" in result.stdout

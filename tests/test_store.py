@@ -289,6 +289,7 @@ def test_a_catalog_of_the_previous_schema_migrates(tmp_path):
         "m003_file_state_and_unique_errors",
         "m004_counts",
         "m005_checksums",
+        "m006_keywords",
     ]
     assert catalog.get([1])[0]["source"] == "old.txt" and catalog.get([1])[0]["seq"] == 0
     assert (catalog.count("text"), catalog.count("image"), catalog.count()) == (1, 0, 1)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..config import MAX_ID, MAX_K
+from ..config import HYBRID_WEIGHT, MAX_ID, MAX_K, RRF_K, SEARCH_MODES
 from ..filters import parse_filters
 from . import cli
 from .options import (
@@ -46,11 +46,39 @@ from .options import (
 @click.option(
     "--subtract", "-s", multiple=True, help="Move the query away from this text or image."
 )
+@click.option(
+    "--mode",
+    type=click.Choice(SEARCH_MODES),
+    default="vector",
+    show_default=True,
+    help="Rank by the vectors, by the query's words (BM25; no model), or both fused.",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    help="Cut results scoring below this (the mode's score: cosine, BM25 or fused).",
+)
+@click.option(
+    "--weight",
+    type=click.FloatRange(0, 1),
+    default=HYBRID_WEIGHT,
+    show_default=True,
+    help="Hybrid: the vector side's share of the fused score (the keywords have the rest).",
+)
+@click.option(
+    "--rrf-k",
+    type=click.IntRange(min=1),
+    default=RRF_K,
+    show_default=True,
+    help="Hybrid: reciprocal rank fusion's k.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result line.")
 @index_option
 @model_options
 @errors_to_click
-def search(query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice):
+def search(
+    query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice, **ranking
+):
     """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
 
     \b
@@ -58,6 +86,8 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
       e5v-search search "a dog on a beach"
       e5v-search search --image cat.jpg --type image -k 5
       e5v-search search "a horse" --add "stripes" --subtract "black and white"
+      e5v-search search "XK-2291-B" --mode keyword
+      e5v-search search "invoice from Lindqvist" --mode hybrid --type text --min-score 0.5
     """
     filters = parse_filters(meta)
     if where and filters:
@@ -72,6 +102,7 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
             where=where or filters or None,
             add=add,
             subtract=subtract,
+            **ranking,
         )
         echo_notices(engine)
     for rank, result in enumerate(results, start=1):
@@ -79,6 +110,9 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
             click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {describe(result)}")
+    if results.cut:
+        threshold = ranking["min_score"]
+        click.echo(f"cut: {results.cut} of the best {k} scored below {threshold}", err=True)
     if not results and not as_json:
         click.echo("no results", err=True)
 

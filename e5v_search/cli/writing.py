@@ -28,6 +28,12 @@ from .options import (
 @click.option("--text-field", help="Field of .jsonl / column of .csv holding the text [text].")
 @click.option("--id-field", help="Field of .jsonl / .csv that identifies a row (else its number).")
 @click.option("--prune", is_flag=True, help="Remove stored items of these sources that are gone.")
+@click.option(
+    "--refresh-metadata",
+    is_flag=True,
+    help="Read the photo metadata (EXIF, GPS, IPTC, XMP) of unchanged image files again; "
+    "nothing is embedded again.",
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
 @click.option(
     "--max-pixels",
@@ -64,6 +70,7 @@ def ingest(
     text_field,
     id_field,
     prune,
+    refresh_metadata,
     workers,
     max_pixels,
     max_memory,
@@ -106,15 +113,17 @@ def ingest(
             on_error=report_error,
             progress=False if quiet else None,
             max_memory=max_memory,
+            refresh_metadata=refresh_metadata,
         )
         echo_notices(engine)
     for change in report.index_changes:
         click.echo(f"index: {change}", err=True)
     if not quiet:
+        refreshed = f", metadata refreshed {report.refreshed}" if refresh_metadata else ""
         click.echo(
             f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
-            f"failed {report.failed}, pruned {report.pruned} in {report.seconds:.1f} s "
-            f"({report.items_per_second:.1f} items/s)",
+            f"failed {report.failed}, pruned {report.pruned}{refreshed} in "
+            f"{report.seconds:.1f} s ({report.items_per_second:.1f} items/s)",
             err=True,
         )
     if report.failed:

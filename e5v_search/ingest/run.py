@@ -22,6 +22,7 @@ from ..errors import EmbeddingError, NotRegularFileError
 from ..files import sha256_of
 from ..records import SourceError
 from ..spec import Spec
+from .photo_metadata import merged, photo_metadata
 from .sources import SourceItem, scan, scope_of, text_hash
 
 CHUNK = 64  # items committed together; bounds the decoded images held ahead of the model
@@ -40,6 +41,8 @@ class Outcome:
     error: SourceError | None = None
     copy: bool = False  # identical content is (or will be) stored: its vector is copied
     copy_of: int | None = None  # the stored item it copies, when planning found one
+    photo: dict | None = None  # images: the metadata read from the file (photo_metadata.py)
+    refresh_only: bool = False  # an unchanged file read again for its metadata only
 
     @property
     def unchanged(self) -> bool:
@@ -59,10 +62,24 @@ class Outcome:
 
 
 class Ingestion:
-    def __init__(self, store, spec, backend, report, *, workers=None, on_error=None, progress=None):
+    def __init__(
+        self,
+        store,
+        spec,
+        backend,
+        report,
+        *,
+        workers=None,
+        on_error=None,
+        progress=None,
+        refresh_metadata=False,
+    ):
         """`spec()` gives the checked spec of the vectors the backend makes (loading what it
         needs on first call); `backend.process(plans)` embeds each plan's outcomes that need a
-        vector and yields the plans back in order."""
+        vector and yields the plans back in order. `refresh_metadata`: image files unchanged
+        since they were stored (same size and mtime) are read again for their photo metadata
+        (never embedded again)."""
+        self.refresh_metadata = refresh_metadata
         self.store = store
         self.catalog = store.catalog
         self.spec = spec
@@ -120,10 +137,13 @@ class Ingestion:
                 item.file_size,
                 item.file_mtime_ns,
             ):
-                self.report.unchanged += 1
+                if self.refresh_metadata:  # its stored hash stands: the file is not hashed
+                    outcomes.append(Outcome(item, row, row["content_hash"], refresh_only=True))
+                else:
+                    self.report.unchanged += 1
             else:
                 outcomes.append(Outcome(item, row))
-        list(hashers.map(_hash_image, [o for o in outcomes if o.item.modality == "image"]))
+        list(hashers.map(_read_image, [o for o in outcomes if o.item.modality == "image"]))
         held = self._held(
             o.content_key
             for o in outcomes
@@ -171,7 +191,7 @@ class Ingestion:
                 continue
             record = _record(outcome)
             if outcome.unchanged:
-                fields = ("metadata",) if outcome.item.modality == "text" else _FILE_STATE
+                fields = ("metadata",) if outcome.item.modality == "text" else _IMAGE_STATE
                 self._unchanged(outcome.row, record, fields)
             else:
                 (changed if outcome.row else new).append((outcome, record))
@@ -222,6 +242,7 @@ class Ingestion:
         differ = {f: record[f] for f in fields if row.get(f) != record.get(f)}
         if differ:
             self.catalog.touch(row["id"], **differ)
+            self.report.refreshed += "metadata" in differ
         self.catalog.clear_errors([(record["source"], record["locator"])])
         self.report.unchanged += 1
 
@@ -233,13 +254,18 @@ class Ingestion:
             self.on_error(error)
 
 
-def _hash_image(outcome: Outcome) -> None:
+def _read_image(outcome: Outcome) -> None:
+    """An image file's content hash (unless only its metadata is refreshed) and its photo
+    metadata, in a planning thread."""
     try:
-        outcome.content_hash = sha256_of(outcome.item.source)
+        if not outcome.refresh_only:
+            outcome.content_hash = sha256_of(outcome.item.source)
     except NotRegularFileError as error:  # swapped for a fifo or device since the scan
         outcome.fail(error.reason)
     except OSError as error:
         outcome.fail(f"cannot read ({error.strerror or error})")
+    else:
+        outcome.photo = photo_metadata(outcome.item.source)
 
 
 def embed_each(embed, outcomes: list[Outcome]) -> None:
@@ -258,7 +284,7 @@ def embed_each(embed, outcomes: list[Outcome]) -> None:
             outcome.vector = vector
 
 
-_FILE_STATE = ("file_size", "file_mtime_ns")
+_IMAGE_STATE = ("file_size", "file_mtime_ns", "metadata")
 
 
 def _record(outcome: Outcome) -> dict:
@@ -272,10 +298,19 @@ def _record(outcome: Outcome) -> dict:
         "content_hash": outcome.content_hash,
         "width": width,
         "height": height,
-        "metadata": item.metadata,
+        "metadata": _metadata(outcome),
         "file_size": item.file_size,
         "file_mtime_ns": item.file_mtime_ns,
     }
+
+
+def _metadata(outcome: Outcome) -> dict:
+    """A text's metadata is its record's; an image's merges what its file says with what was
+    given and stored (photo_metadata.merged)."""
+    if outcome.item.modality != "image":
+        return outcome.item.metadata
+    stored = outcome.row["metadata"] if outcome.row else None
+    return merged(stored, outcome.photo or {}, outcome.item.metadata)
 
 
 def _stack(vectors):

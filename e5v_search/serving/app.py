@@ -27,20 +27,23 @@ from PIL import Image
 from pydantic import BaseModel
 
 from .. import errors
-from ..config import MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
+from ..config import HYBRID_WEIGHT, MAX_ID, MAX_UPLOAD_BYTES  # a larger id: 422, never 500
 from ..errors import E5VSearchError
 from ..filters import parse_filters
 from ..results import Result
 from . import clip_api, openai_api
 from .cors import ReadRoutesCORS
 from .guards import LOCAL_HOSTS, RequestGuard
-from .indexes import Served, ServedIndex
+from .indexes import Ranking, Served, ServedIndex
 from .thumbnails import THUMBNAIL_SIZES
 from .uploads import decode_image
 from .worker import ModelWorker
 
 STATIC = Path(__file__).parent / "static"
 Modality = Literal["image", "text", "any"]
+Mode = Literal["vector", "keyword", "hybrid"]  # config.SEARCH_MODES
+MODE_HELP = "vector (cosine), keyword (BM25 of the words) or hybrid (both fused)"
+MIN_SCORE_HELP = "Cut results scoring below this (the mode's score); `cut` says how many"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ResultOut(Result):
 class SearchOut(BaseModel):
     results: list[ResultOut]
     took_ms: float
+    cut: int = 0  # how many of the k best `min_score` removed
 
 
 def create_app(
@@ -153,10 +157,10 @@ COLLAPSE = (
 
 
 def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_upload_bytes: int):
-    def answer(query, k: int, type: str | None, filters: dict, collapse, started) -> SearchOut:
+    def answer(query, k, type, filters, text, ranking, collapse, started) -> SearchOut:
         vector, target = query
-        groups = index.search(vector, type or target, k, filters, collapse)
-        return SearchOut(results=[_out(*group) for group in groups], took_ms=_ms(started))
+        groups = index.search(vector, type or target, k, filters, collapse, text, ranking)
+        return _answer(groups, started)
 
     @app.get("/api/search", response_model=SearchOut, summary="Search by text or stored item")
     def search(
@@ -165,17 +169,20 @@ def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_up
         k: int = Query(10, ge=1, le=1000),
         type: Modality | None = Query(None, description="Results' modality [other than query's]"),
         meta: list[str] = Query([], description="KEY=VALUE metadata filters"),
+        mode: Mode = Query("vector", description=MODE_HELP),
+        min_score: float | None = Query(None, description=MIN_SCORE_HELP, allow_inf_nan=False),
+        weight: float = Query(HYBRID_WEIGHT, ge=0, le=1, description="Hybrid: vector share"),
         collapse: bool = Query(False, description=COLLAPSE),
     ):
         started = time.perf_counter()
         filters = parse_filters(meta)
+        ranking = Ranking(mode, min_score, weight)
         if (q is None) == (like is None):
             raise HTTPException(400, "give exactly one of q (a text) and like (an item id)")
         if like is not None:
-            groups = index.like(like, k, type, filters, collapse)
-            return SearchOut(results=[_out(*group) for group in groups], took_ms=_ms(started))
-        vector = index.engine.query_vector(q, embedder=worker)
-        return answer(vector, k, type, filters, collapse, started)
+            return _answer(index.like(like, k, type, filters, collapse, ranking), started)
+        query = index.engine.query_vector(q, embedder=worker, mode=mode)
+        return answer(query, k, type, filters, q, ranking, collapse, started)
 
     @app.post("/api/search/image", response_model=SearchOut, summary="Search by uploaded image")
     async def search_image(
@@ -184,15 +191,20 @@ def _search_routes(app: FastAPI, index: ServedIndex, worker: ModelWorker, max_up
         k: int = Form(10, ge=1, le=1000),
         type: Modality | None = Form(None),
         meta: list[str] = Form([]),
+        mode: Mode = Form("vector", description=MODE_HELP),
+        min_score: float | None = Form(None, description=MIN_SCORE_HELP, allow_inf_nan=False),
+        weight: float = Form(HYBRID_WEIGHT, ge=0, le=1, description="Hybrid: vector share"),
         collapse: bool = Form(False, description=COLLAPSE),
     ):
         started = time.perf_counter()
         image = await _read_upload(file, max_upload_bytes)
         filters = parse_filters(meta)
+        ranking = Ranking(mode, min_score, weight)
         text = text if text and text.strip() else None
         query = index.engine.query_vector
-        vector = await _in_thread(lambda: query(text, image, embedder=worker))
-        return await _in_thread(answer, vector, k, type, filters, collapse, started)
+        vector = await _in_thread(lambda: query(text, image, embedder=worker, mode=mode))
+        args = (vector, k, type, filters, text, ranking, collapse, started)
+        return await _in_thread(answer, *args)
 
 
 def _item_routes(app: FastAPI, indexes: Served):
@@ -266,6 +278,12 @@ def status_of(error: E5VSearchError) -> int:
     if isinstance(error, errors.EmbeddingError):
         return 422  # this input gives no finite vector
     return 500
+
+
+def _answer(groups, started) -> SearchOut:
+    """Groups of results (each a result and its copies) as the API answers them."""
+    results = [_out(*group) for group in groups]
+    return SearchOut(results=results, took_ms=_ms(started), cut=groups.cut)
 
 
 def _out(result, *copies) -> ResultOut:

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import HTTPException
 
-from ..config import MAX_K
+from ..config import HYBRID_WEIGHT, MAX_K
 from ..errors import InputError
+from ..results import Results, above
 from .thumbnails import ThumbnailCache, thumbnail_folder
+
+
+@dataclass
+class Ranking:
+    """How a request ranks: its mode, score threshold and hybrid weight."""
+
+    mode: str = "vector"
+    min_score: float | None = None
+    weight: float = HYBRID_WEIGHT
+
+    def options(self) -> dict:
+        return {"mode": self.mode, "min_score": self.min_score, "weight": self.weight}
 
 
 class ServedIndex:
@@ -25,40 +39,55 @@ class ServedIndex:
         self.thumbnails = ThumbnailCache(thumbnail_folder(engine.path), thumbnail_cache_bytes)
         self._lock = threading.Lock()
 
-    def search(self, vector, target: str, k: int, filters=None, collapse: bool = False):
-        """The top k results, each a group of one; collapsed, k groups of copies (_groups)."""
+    def search(self, vector, target, k, filters=None, collapse=False, text=None, ranking=None):
+        """The top k results, each a group of one, or collapsed into k groups of copies; in
+        keyword and hybrid modes (`ranking`) by `text` too. A Results list of groups."""
+        options = (ranking or Ranking()).options()
+        min_score = options.pop("min_score")
 
         def top(n: int):
-            return self.engine.search_vector(vector, target=target, k=n, where=filters or None)
+            where = filters or None
+            return self.engine.search_vector(
+                vector, target=target, k=n, where=where, text=text, **options
+            )
 
         with self._lock:
             self.engine.refresh()
-            return self._groups(top, k, collapse)
+            return self._groups(top, k, collapse, min_score)
 
-    def like(self, item_id: int, k: int, target: str | None, filters: dict, collapse=False):
+    def like(self, item_id, k, target, filters, collapse=False, ranking=None):
+        options = (ranking or Ranking()).options()
+        min_score = options.pop("min_score")
+
         def top(n: int):
             where = filters or None
-            return self.engine.search(like=item_id, k=n, modality=target, where=where)
+            return self.engine.search(like=item_id, k=n, modality=target, where=where, **options)
 
         with self._lock:
             self.engine.refresh()
             if not self.engine.items([item_id]):
                 raise HTTPException(404, f"no item with id {item_id}")
-            return self._groups(top, k, collapse)
+            return self._groups(top, k, collapse, min_score)
 
-    def _groups(self, top: Callable[[int], list], k: int, collapse: bool) -> list[list]:
+    def _groups(self, top: Callable[[int], list], k: int, collapse: bool, min_score) -> Results:
         """The top k results, each a group of one; collapsed, k groups of near-identical results
         (Engine.collapse), from candidates fetched deeper (4k, then 16k...) until k groups are
-        found, the index has no more, or MAX_K candidates were looked at."""
+        found, the index has no more, or MAX_K candidates were looked at. Then the groups whose
+        best result scores below `min_score` are cut (`cut` says how many)."""
         if not collapse:
-            return [[result] for result in top(k)]
-        depth = min(4 * k, MAX_K)
-        while True:
-            results = top(depth)
-            groups = self.engine.collapse(results)
-            if len(groups) >= k or len(results) < depth or depth == MAX_K:
-                return groups[:k]
-            depth = min(4 * depth, MAX_K)
+            groups = [[result] for result in top(k)]
+        else:
+            depth = min(4 * k, MAX_K)
+            while True:
+                results = top(depth)
+                groups = self.engine.collapse(results)
+                if len(groups) >= k or len(results) < depth or depth == MAX_K:
+                    break
+                depth = min(4 * depth, MAX_K)
+            groups = groups[:k]
+        kept = above(min_score, [group[0] for group in groups])
+        leaders = {result.id for result in kept}
+        return Results([g for g in groups if g[0].id in leaders], cut=kept.cut)
 
     def collapse(self, results):
         with self._lock:

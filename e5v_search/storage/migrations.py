@@ -127,6 +127,37 @@ def m005_checksums(db) -> None:
     )
 
 
+@catalog_migrations()
+def m006_keywords(db) -> None:
+    """The keyword index (FTS5, storage/keywords.py): one document per item, kept in step by
+    triggers in the transaction of every write to `items`, so no crash can leave the two apart;
+    filled here from the items a catalog already holds. The document is computed in SQL (a
+    text's text, an image's file path, the metadata values but not their keys), which
+    sqlite-utils' `enable_fts` (columns copied as they are) cannot express. The FTS table keeps
+    its own copy of each document, so a delete never has to reproduce what was indexed."""
+    document = (
+        "coalesce({r}.text, '') || ' ' || "
+        "CASE {r}.modality WHEN 'image' THEN coalesce({r}.source, '') ELSE '' END || ' ' || "
+        "CASE WHEN json_valid({r}.metadata) THEN coalesce((SELECT group_concat(atom, ' ') "
+        "FROM json_tree({r}.metadata) WHERE type IN ('text', 'integer', 'real')), '') "
+        "ELSE '' END"
+    )
+    new = document.format(r="NEW")
+    for statement in (
+        "CREATE VIRTUAL TABLE items_fts USING fts5(doc, "
+        "tokenize = 'unicode61 remove_diacritics 2')",
+        "CREATE TRIGGER items_fts_added AFTER INSERT ON items BEGIN "
+        f"INSERT INTO items_fts (rowid, doc) VALUES (NEW.id, {new}); END",
+        "CREATE TRIGGER items_fts_removed AFTER DELETE ON items BEGIN "
+        "DELETE FROM items_fts WHERE rowid = OLD.id; END",
+        "CREATE TRIGGER items_fts_changed AFTER UPDATE OF modality, source, text, metadata "
+        "ON items BEGIN DELETE FROM items_fts WHERE rowid = OLD.id; "
+        f"INSERT INTO items_fts (rowid, doc) VALUES (NEW.id, {new}); END",
+        f"INSERT INTO items_fts (rowid, doc) SELECT id, {document.format(r='items')} FROM items",
+    ):
+        db.conn.execute(statement)
+
+
 def migrate(
     conn, upto: str | None = None, migrations: Migrations = catalog_migrations
 ) -> list[str]:

@@ -66,13 +66,18 @@ def search(store, queries, k, modality, where, params, among) -> list[list[Hit]]
 def check_queries(queries, k: int, modality: str | None, dim: int | None) -> np.ndarray:
     """The queries as a float32 matrix, or InputError saying what is wrong with the request."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    check_request(k, modality)
+    if dim is not None and queries.shape[1] != dim:
+        raise InputError(f"queries have {queries.shape[1]} values, the index {dim}")
+    return queries
+
+
+def check_request(k: int, modality: str | None) -> None:
+    """InputError unless k is at least 1 and the modality is one the index holds (or None)."""
     if modality is not None and modality not in MODALITIES:
         raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    if dim is not None and queries.shape[1] != dim:
-        raise InputError(f"queries have {queries.shape[1]} values, the index {dim}")
-    return queries
 
 
 def search_modality(index, modality, catalog, queries, k, where, params, among, rerank):

@@ -22,17 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from ..closing import Closing
-from ..errors import IndexDamagedError, IndexNotFoundError
+from ..config import HYBRID_WEIGHT, RRF_K
+from ..errors import IndexDamagedError, IndexNotFoundError, InputError
 from ..spec import Spec
 from . import faiss_ops as fx
 from . import loading, rebuild, segments
 from .blobs import as_stored
 from .catalog import MODALITIES, Catalog, now
 from .integrity import catalog_damage
+from .keywords import fuse, keyword_search, pooled
 from .locking import WriterLock
 from .manifest import DEFAULT_FACTORY
 from .problems import write_error
-from .search import Hit, recall, search
+from .search import Hit, check_request, recall, search
 from .verify import verify
 
 CATALOG = "catalog.sqlite"
@@ -263,6 +265,35 @@ class Store(Closing):
         never by cutting its results (search.search)."""
         with self._state:
             return search(self, queries, k, modality, where, params, among)
+
+    def search_keywords(self, text: str, k: int = 10, modality=None, where=None, params=()):
+        """Top-k hits for the words of `text` by BM25 (keywords.py; score: -bm25), of one
+        modality or both, among the items `where` selects."""
+        check_request(k, modality)
+        with self._state:
+            return keyword_search(self.catalog, text, k, modality, where, params)
+
+    def search_hybrid(
+        self,
+        query: np.ndarray,
+        text: str,
+        k: int = 10,
+        modality=None,
+        where=None,
+        params=(),
+        weight: float = HYBRID_WEIGHT,
+        rrf_k: int = RRF_K,
+    ) -> list[Hit]:
+        """Top-k hits of the vector and the keyword rankings fused (keywords.fuse) over the
+        candidates both sides pooled under the same filter (keywords.pooled); `weight` is the
+        vector side's share."""
+        if not 0.0 <= float(weight) <= 1.0:
+            raise InputError(f"the hybrid weight must be between 0 and 1, got {weight}")
+        if int(rrf_k) < 1:
+            raise InputError(f"the fusion's k (rrf_k) must be at least 1, got {rrf_k}")
+        with self._state:
+            vector, words = pooled(self, query, text, k, modality, where, params)
+        return fuse(vector, words, k, float(weight), int(rrf_k))
 
     # -- maintenance -------------------------------------------------------------------------
 
