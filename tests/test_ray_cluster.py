@@ -4,6 +4,7 @@ says), an ingest with `--ray --address`, the worker node's raylet killed mid-run
 its rerun on a cluster whose worker came back, equals a plain ingest."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,7 @@ def cluster():
         yield head, env, join
     finally:
         _stop(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _stop(temp: str) -> None:
