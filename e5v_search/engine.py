@@ -146,6 +146,7 @@ class Engine(Closing):
         ray=None,
         max_memory: int | str | None = None,
         refresh_metadata: bool = False,
+        on_phase=None,
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
@@ -153,9 +154,10 @@ class Engine(Closing):
         instead of local threads.
         At the end each modality's index type follows the collection (storage/policy.py) within
         `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
-        else $E5V_MAX_MEMORY, else half the RAM). `refresh_metadata` reads the photo metadata
-        of image files stored unchanged again (no model, no new vector; new and changed files
-        always get theirs)."""
+        else $E5V_MAX_MEMORY, else half the RAM); `on_phase(line)` hears the phases of such a
+        switch (sampling, training, adding, merging) as they start, progress and end.
+        `refresh_metadata` reads the photo metadata of image files stored unchanged again (no
+        model, no new vector; new and changed files always get theirs)."""
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
@@ -187,7 +189,7 @@ class Engine(Closing):
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
             run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
-            report.index_changes = self.store.follow_policy(self._budget(max_memory))
+            report.index_changes = self.store.follow_policy(self._budget(max_memory), on_phase)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -422,9 +424,19 @@ class Engine(Closing):
         info["repairs"] = list(self.store.repairs)
         return info
 
-    def rebuild(self, factory=None, *, nprobe=None, ef_search=None, max_memory=None, rerank=None):
+    def rebuild(
+        self,
+        factory=None,
+        *,
+        nprobe=None,
+        ef_search=None,
+        max_memory=None,
+        rerank=None,
+        on_phase=None,
+    ):
         """Rebuild from the stored vectors (no model); see Store.rebuild. `max_memory`: bytes,
-        or a size such as "8GB" or "512MiB"."""
+        or a size such as "8GB" or "512MiB". `on_phase(line)` hears each phase of the work
+        (sampling, training, adding, merging) as it starts, progresses and ends."""
         from .config import parse_bytes
 
         if factory and max_memory:
@@ -434,7 +446,12 @@ class Engine(Closing):
             raise InputError(f"max memory {max_memory}: give a size such as 8GB or 512MiB")
         try:
             return self.store.rebuild(
-                factory, nprobe=nprobe, ef_search=ef_search, max_memory=budget, rerank=rerank
+                factory,
+                nprobe=nprobe,
+                ef_search=ef_search,
+                max_memory=budget,
+                rerank=rerank,
+                say=on_phase,
             )
         except InputError as error:
             if budget is None:

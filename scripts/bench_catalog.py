@@ -23,7 +23,7 @@ from benchlib import machine, record
 
 from e5v_search.spec import Spec
 from e5v_search.storage import faiss_ops as fx
-from e5v_search.storage.search import Searchable, search_modality
+from e5v_search.storage.search import search_modality
 from e5v_search.storage.store import Store
 
 CHUNK = 1000
@@ -67,8 +67,10 @@ def main() -> None:
         if trained is None:
             store.rebuild("IVF256,PQ64")
             trained = store.indexes["image"]
-        index = Searchable(trained, trained, "image")
-        _, reranked = search_modality(index, store.catalog, queries, 10, None, (), None, 100)
+        index = trained
+        _, reranked = search_modality(
+            index, "image", store.catalog, queries, 10, None, (), None, 100
+        )
         rows.append(
             f"| {dtype} | {run['bytes']:,.0f} B | {args.n / run['write']:,.0f} /s | "
             f"{args.n / run['read']:,.0f} /s | {fx.neighbour_recall(found, exact):.4f} | "

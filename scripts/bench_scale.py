@@ -40,7 +40,7 @@ from benchlib import machine, record
 from e5v_search.config import parse_bytes
 from e5v_search.spec import Spec
 from e5v_search.storage import faiss_ops as fx
-from e5v_search.storage.search import Searchable, search_modality
+from e5v_search.storage.search import search_modality
 from e5v_search.storage.store import Store
 
 CHUNK = 1000
@@ -123,14 +123,14 @@ def peak() -> int:
 def quality(store: Store, queries: np.ndarray) -> dict:
     """Recall@10 alone and re-ranked against exact search over the catalog; QPS."""
     entry = store.manifest.indexes["image"]
-    index = Searchable(store.indexes["image"], store.indexes["image"], "image")
+    index = store.indexes["image"]
     chunks = store.catalog.iter_vectors("image")
     _, exact = fx.exact_search(queries, chunks, 10)
-    _, alone = search_modality(index, store.catalog, queries, 10, None, (), None, None)
+    _, alone = search_modality(index, "image", store.catalog, queries, 10, None, (), None, None)
     rerank = entry.rerank
     began = time.perf_counter()
     found = [
-        search_modality(index, store.catalog, q[None], 10, None, (), None, rerank)[1][0]
+        search_modality(index, "image", store.catalog, q[None], 10, None, (), None, rerank)[1][0]
         for q in queries
     ]
     qps = len(queries) / (time.perf_counter() - began)

@@ -228,13 +228,14 @@ def test_bad_collapse_values_and_unknown_fields(served):
     client, _, corpus = served
     bad = client.get("/api/search", params={"q": "x", "collapse": "sometimes"})
     assert bad.status_code == 422 and "collapse" in bad.text
-    # What issue 21's page sends before the server knows it: ignored, not refused.
-    body = client.post(
-        "/api/search/image",
-        files={"file": ("q.png", (corpus["images"] / "grey" / "red-circle-grey.png").read_bytes())},
-        data={"mode": "hybrid", "min_score": "0.3"},
-    )
-    assert body.status_code == 200
+    # What the page sends with a photo: a threshold and collapse with the vector mode; a
+    # hybrid search needs words, so a photo alone is a 400 that says so
+    picture = (corpus["images"] / "grey" / "red-circle-grey.png").read_bytes()
+    files = {"file": ("q.png", picture)}
+    body = client.post("/api/search/image", files=files, data={"min_score": "0.3", "collapse": "1"})
+    assert body.status_code == 200 and "cut" in body.json()
+    hybrid = client.post("/api/search/image", files=files, data={"mode": "hybrid"})
+    assert hybrid.status_code == 400 and "text" in hybrid.json()["detail"]
     assert client.get("/api/search", params={"q": "x", "mode": "hybrid"}).status_code == 200
 
 

@@ -95,6 +95,9 @@ def ingest(
     def report_error(error):
         click.echo(f"skipped {error}", err=True)
 
+    def say(line):
+        click.echo(line, err=True)
+
     ray = None
     if use_ray:
         ray = {"address": address, "gpus": gpus, "cpu_actors": ray_actors}
@@ -114,6 +117,7 @@ def ingest(
             progress=False if quiet else None,
             max_memory=max_memory,
             refresh_metadata=refresh_metadata,
+            on_phase=None if quiet else say,
         )
         echo_notices(engine)
     for change in report.index_changes:
@@ -151,8 +155,10 @@ def ingest(
 def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
     """Rebuild the FAISS indexes from the stored vectors (no model, no re-encoding).
 
-    Per modality: the type, vectors, build and training time and size; then the peak memory
-    the rebuild added, and recall@10 of each index against exact search per query modality.
+    Each phase (reading the training sample, training, adding, merging lists on disk) is
+    said on stderr as it starts and ends, with progress and the time left while adding. Then
+    per modality: the type, vectors, build and training time and size; the peak memory the
+    rebuild added, and recall@10 of each index against exact search per query modality.
     """
     import time
 
@@ -170,7 +176,12 @@ def rebuild(index, factory, nprobe, ef_search, max_memory, rerank, recall):
         started = time.perf_counter()
         with PeakMemory("cpu") as memory:
             built = engine.rebuild(
-                factory, nprobe=nprobe, ef_search=ef_search, max_memory=max_memory, rerank=rerank
+                factory,
+                nprobe=nprobe,
+                ef_search=ef_search,
+                max_memory=max_memory,
+                rerank=rerank,
+                on_phase=lambda line: click.echo(line, err=True),
             )
         for s in built:
             note = f" ({s['note']})" if "note" in s else ""

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -90,7 +91,24 @@ def search_settings(index) -> dict:
     return out
 
 
-def train(index, vectors: np.ndarray, factory: str) -> None:
+@dataclass(frozen=True)
+class Training:
+    """How PQ codebooks are trained. FAISS's own way (FAISS_TRAINING) trains each of the M
+    sub-quantizers (256 centroids) on 256 points a centroid, 65,536 residuals, with every
+    OpenMP thread: for PQ512 that is 512 small k-means whose parallel regions cost more than
+    they share out on a busy CPU (PQ512 at 100k vectors: most of an 8-9 minute switch here,
+    docs/benchmarks.md). Here: 64 points a centroid (FAISS warns below 39) and one thread
+    for the codebooks; the IVF lists' k-means (large matrix products) keeps every thread."""
+
+    codebook_points: int = 64  # per centroid; OPQ's rotation is trained on as many
+    codebook_threads: int | None = 1  # None: one index.train with FAISS's threads
+
+
+TRAINING = Training()
+FAISS_TRAINING = Training(codebook_points=256, codebook_threads=None)
+
+
+def train(index, vectors: np.ndarray, factory: str, training: Training = TRAINING) -> None:
     """Train `index` on `vectors`; a clear error when they are too few for this type."""
     if index.is_trained:
         return
@@ -98,9 +116,14 @@ def train(index, vectors: np.ndarray, factory: str) -> None:
     if ivf is not None and faiss.get_num_gpus() > 0:
         # k-means on the GPU: the slow part of training IVF types with many lists.
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    _bound_codebooks(index, training.codebook_points)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     with _native_stderr() as native:
         try:
-            index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            if training.codebook_threads is None:
+                index.train(vectors)
+            else:
+                _train_in_steps(index, vectors, training.codebook_threads)
         except RuntimeError as error:
             raise IndexBuildError(
                 f"cannot train {factory!r} on {len(vectors)} vectors: {_faiss_message(error)}. "
@@ -112,6 +135,53 @@ def train(index, vectors: np.ndarray, factory: str) -> None:
             f"{factory}: trained on {len(vectors)} vectors; FAISS advises at least {advice[-1]}",
             stacklevel=2,
         )
+
+
+def _train_in_steps(index, vectors: np.ndarray, threads: int) -> None:
+    """What index.train does, the codebooks with `threads` OpenMP threads: a rotation (OPQ)
+    first, on every thread, then the IVF lists' k-means on every thread (train_q1; the
+    index's own training then skips it), then the rest (the codebooks)."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        for i in range(outer.chain.size()):
+            transform = outer.chain.at(i)
+            if not transform.is_trained:
+                transform.train(vectors)
+            vectors = np.ascontiguousarray(transform.apply(vectors), dtype=np.float32)
+        _train_in_steps(outer.index, vectors, threads)
+        outer.is_trained = True
+        return
+    ivf = ivf_of(index)
+    if ivf is not None and not ivf.quantizer.is_trained:
+        ivf.train_q1(len(vectors), faiss.swig_ptr(vectors), False, ivf.metric_type)
+    with _omp_threads(threads):  # OpenMP's thread count is per calling thread
+        index.train(vectors)
+
+
+@contextmanager
+def _omp_threads(n: int):
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _bound_codebooks(index, per_centroid: int) -> None:
+    """Train PQ codebooks (and an OPQ rotation) on `per_centroid` points per centroid."""
+    part = index
+    while part is not None:
+        part = faiss.downcast_index(part)
+        if isinstance(part, faiss.IndexPreTransform):
+            for i in range(part.chain.size()):
+                transform = faiss.downcast_VectorTransform(part.chain.at(i))
+                if isinstance(transform, faiss.OPQMatrix):
+                    transform.max_train_points = per_centroid * 256
+        pq = getattr(part, "pq", None)
+        if pq is not None:
+            pq.cp.max_points_per_centroid = per_centroid
+        part = getattr(part, "index", None)
 
 
 def train_sample_size(factory: str, available: int, dim: int = 4096) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import faiss_ops as fx
+from .phases import Phases
 
 ID_BYTES = 8
 RERANK = 100  # candidates a compressed index's searches rescore exactly from the stored vectors
@@ -109,20 +110,27 @@ def _gib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 / 10 else f"{n / 2**10:.0f} KiB"
 
 
-def build(trained, chunks, folder: Path, stem: str) -> np.ndarray:
+def build(
+    trained, chunks, folder: Path, stem: str, phases: Phases | None = None, adding: str = "adding"
+) -> np.ndarray:
     """Add (ids, vectors) chunks shard by shard to copies of the trained index, write each
     shard, merge their inverted lists into one `<stem>.ivfdata` file, and write `<stem>.faiss`,
-    the index that points at it. Memory stays at one shard. Returns the sorted ids it holds."""
+    the index that points at it. Memory stays at one shard. Returns the sorted ids it holds.
+    `phases` hears the adding (said as `adding`) and the merging."""
+    phases = phases or Phases()
     shards, held = [], []
     with tempfile.TemporaryDirectory(dir=folder, prefix=stem + ".shards.") as tmp:
-        for number, (ids, vectors) in enumerate(chunks):
-            shard = faiss.clone_index(trained)
-            fx.add(shard, ids, vectors)
-            held.append(ids)
-            shards.append(str(Path(tmp) / f"{number}.index"))
-            faiss.write_index(shard, shards[-1])
-            del shard
-        write_lists(faiss.clone_index(trained), shards, folder, stem)
+        with phases.phase("add", adding):
+            for number, (ids, vectors) in enumerate(chunks):
+                shard = faiss.clone_index(trained)
+                fx.add(shard, ids, vectors)
+                held.append(ids)
+                shards.append(str(Path(tmp) / f"{number}.index"))
+                faiss.write_index(shard, shards[-1])
+                del shard
+        merging = f"{stem}: merging {len(shards)} shards' lists into {stem}.ivfdata"
+        with phases.phase("merge", merging):
+            write_lists(faiss.clone_index(trained), shards, folder, stem)
     return np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
 
 

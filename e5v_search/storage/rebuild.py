@@ -22,6 +22,7 @@ from . import ondisk, policy, segments
 from .catalog import MODALITIES
 from .catalog_reads import READ_CHUNK
 from .manifest import DEFAULT_FACTORY, IndexEntry
+from .phases import Phases
 
 
 @dataclass
@@ -45,44 +46,59 @@ def build(
     search: dict | None = None,
     reason: str | None = None,
     release=None,
+    say=None,
+    training: fx.Training = fx.TRAINING,
 ) -> Built:
     """The modality's index of type `factory` from every stored vector. `on_disk`: an IVF type
     built shard by shard, its lists merged into a file (ondisk.py). `reason`: a repair, which
     falls back to exact Flat when there are too few vectors to train the type. `release()`
     is called once the type is trained, before any vector is added: the caller drops the old
-    index there, so memory holds one index, not two (and keeps it when training fails)."""
+    index there, so memory holds one index, not two (and keeps it when training fails).
+    `say(line)` hears each phase (sampling, training, adding, merging), timed in the stats;
+    `training`: how codebooks are trained (faiss_ops.Training)."""
     started = time.perf_counter()
+    phases = Phases(say)
     count = catalog.count(modality)
     index = fx.make(factory, catalog.dim)
-    train_seconds = 0.0
+    train_seconds, trained_on = 0.0, 0
     if not index.is_trained:
-        sample = catalog.sample_ids(modality, fx.train_sample_size(factory, count, catalog.dim))
+        wanted = fx.train_sample_size(factory, count, catalog.dim)
+        with phases.phase(
+            "sample", f"{modality}: reading {wanted:,} of {count:,} stored vectors to train on"
+        ):
+            sample = catalog.readable_vectors(catalog.sample_ids(modality, wanted))[1]
         began = time.perf_counter()
         try:
-            fx.train(index, catalog.readable_vectors(sample)[1], factory)
+            with phases.phase(
+                "train", f"{modality}: training {factory} on {len(sample):,} vectors"
+            ):
+                fx.train(index, sample, factory, training)
         except IndexBuildError:
             if reason is None:
                 raise
             # A repair must not leave the index unopenable: exact search until rebuilt.
             reason += f"; too few vectors for {factory}, Flat instead"
             factory, index = DEFAULT_FACTORY, fx.make(DEFAULT_FACTORY, catalog.dim)
-        train_seconds = time.perf_counter() - began
+        train_seconds, trained_on = time.perf_counter() - began, len(sample)
+        del sample
     search = search or {}
     fx.set_search_defaults(index, search.get("nprobe"), search.get("ef_search"))
     entry = IndexEntry(factory=factory, rerank=rerank)
     if release:
         release()
-    chunks = catalog.iter_vectors(modality, batch=READ_CHUNK)
+    adding = f"{modality}: adding {count:,} vectors to {factory}"
+    chunks = phases.counted(catalog.iter_vectors(modality, batch=READ_CHUNK), adding, count)
     template = segments.emptied(index)
     if on_disk and fx.ivf_of(index) is not None:
         name = manifest.new_name(modality, "s")
-        held = ondisk.build(index, chunks, folder, name)
+        held = ondisk.build(index, chunks, folder, name, phases, adding)
         segments.write_ids(folder / f"{name}.ids.npy", held)
         sealed = segments.open_segment(folder, name, True, np.empty(0, dtype=np.int64))
         entry.ondisk = True
     else:
-        for ids, vectors in chunks:
-            fx.add(index, ids, vectors)
+        with phases.phase("add", adding):
+            for ids, vectors in chunks:
+                fx.add(index, ids, vectors)
         sealed = segments.Segment("", index, np.sort(fx.ids_of(index)), written=False)
     skipped = np.setdiff1d(catalog.ids(modality), sealed.ids)  # damaged rows, not indexed
     entry.skip(skipped=skipped)
@@ -96,17 +112,19 @@ def build(
         "vectors": count - len(skipped),
         "skipped": skipped.tolist(),
         "train_seconds": train_seconds,
+        "train_points": trained_on,
         "seconds": time.perf_counter() - started,
+        "phases": dict(phases.seconds),
     }
     said = f"{modality} index rebuilt from {count} stored vectors: {reason}" if reason else None
     return Built(modality, built, entry, stats, said)
 
 
-def rebuild(store, factory, nprobe, ef_search, max_memory, rerank) -> list[dict]:
+def rebuild(store, factory, nprobe, ef_search, max_memory, rerank, say=None) -> list[dict]:
     """`e5v-search rebuild` under the writer lock: every modality (rebuild_all), older float32
     rows of a half-precision catalog rewritten, losses the catalog was told of acknowledged."""
     compacted = store.catalog.compact_vectors()
-    stats = rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank)
+    stats = rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank, say)
     if compacted and stats:
         said = f"{compacted:,} stored vectors rewritten as float16"
         stats[0]["note"] = f"{stats[0]['note']}; {said}" if "note" in stats[0] else said
@@ -114,12 +132,13 @@ def rebuild(store, factory, nprobe, ef_search, max_memory, rerank) -> list[dict]
     return stats
 
 
-def rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank) -> list[dict]:
+def rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank, say=None) -> list[dict]:
     """Every modality rebuilt: in `factory` (a FAISS type); or with `max_memory` (bytes) the
     type chosen per modality to fit its share of the budget (ondisk.plan), IVF lists merged
     on disk; or, given neither, each as it was (type, on disk or not, re-ranking). `rerank`:
     rescore that many candidates exactly. A modality too small to train the type gets Flat,
-    said in its note. The store installs each build before the next starts."""
+    said in its note. The store installs each build before the next starts; `say` hears
+    each build's phases (build)."""
     catalog, manifest = store.catalog, store.manifest
     keep = factory is None and max_memory is None
     if factory:
@@ -152,6 +171,7 @@ def rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank) -> list[d
                 rerank=chosen_rerank,
                 search=search,
                 release=lambda m=modality: store.drop_index(m),
+                say=say,
             )
         except IndexBuildError as error:
             failures.append((modality, count, chosen, error))
@@ -175,6 +195,7 @@ def rebuild_all(store, factory, nprobe, ef_search, max_memory, rerank) -> list[d
             modality,
             DEFAULT_FACTORY,
             release=lambda m=modality: store.drop_index(m),
+            say=say,
         )
         too_few = f"{count} vectors are too few for {chosen}: exact Flat instead ({error})"
         built.stats["note"] = too_few
@@ -247,16 +268,18 @@ def repair(store, report: dict) -> list[str]:
     return said or ["nothing to repair: every file and row is whole"]
 
 
-def follow_policy(store, budget: int) -> list[str]:
+def follow_policy(store, budget: int, say=None) -> list[str]:
     """What policy.changes says no longer suits `budget`, rebuilt (the caller holds the writer
     lock): one line per change, saying why. A type that cannot be trained yet is kept, and not
-    tried again at this size."""
+    tried again at this size. `say` hears each switch's phases (build)."""
     catalog = store.catalog
     counts = {m: catalog.count(m) for m in MODALITIES if catalog.count(m)}
     planned, said = policy.changes(store.manifest, counts, catalog.dim, budget)
     for change in planned:
         try:
-            switch(store, change.modality, change.factory, change.ondisk, change.reason)
+            if say:
+                say(f"index: {change} ...")
+            switch(store, change.modality, change.factory, change.ondisk, change.reason, say)
             entry = store.manifest.indexes[change.modality]
             if change.factory != "Flat" and not entry.rerank:
                 entry.rerank = ondisk.RERANK  # compressed: rescore candidates exactly
@@ -271,7 +294,9 @@ def follow_policy(store, budget: int) -> list[str]:
     return said
 
 
-def switch(store, modality: str, factory: str, on_disk: bool, reason: str | None = None) -> dict:
+def switch(
+    store, modality: str, factory: str, on_disk: bool, reason: str | None = None, say=None
+) -> dict:
     """One modality rebuilt in another type for the index policy, its re-ranking kept; the
     caller holds the writer lock and the block's end saves."""
     entry = store.manifest.entry(modality)
@@ -285,6 +310,7 @@ def switch(store, modality: str, factory: str, on_disk: bool, reason: str | None
         rerank=entry.rerank,
         search=entry.search,
         release=lambda: store.drop_index(modality),
+        say=say,
     )
     built.entry.chosen_by, built.entry.reason = "policy", reason
     store.install(built)

@@ -298,21 +298,23 @@ class Store(Closing):
     # -- maintenance -------------------------------------------------------------------------
 
     def rebuild(
-        self, factory=None, nprobe=None, ef_search=None, max_memory=None, rerank=None
+        self, factory=None, nprobe=None, ef_search=None, max_memory=None, rerank=None, say=None
     ) -> list[dict]:
         """Under the writer lock: every modality rebuilt from the stored vectors (see
-        rebuild.rebuild); saved, then each index's size measured."""
+        rebuild.rebuild), `say(line)` hearing its phases; saved, then each index's size
+        measured."""
         with self.writing("rebuild"):
-            stats = rebuild.rebuild(self, factory, nprobe, ef_search, max_memory, rerank)
+            stats = rebuild.rebuild(self, factory, nprobe, ef_search, max_memory, rerank, say)
         for entry in stats:  # saved now: their sizes
             files = self.manifest.indexes[entry["modality"]].paths(self.path)
             entry["bytes"] = sum(p.stat().st_size for p in files)
         return stats
 
-    def follow_policy(self, budget: int) -> list[str]:
-        """Each modality given the type `budget` calls for (rebuild.follow_policy)."""
+    def follow_policy(self, budget: int, say=None) -> list[str]:
+        """Each modality given the type `budget` calls for (rebuild.follow_policy), `say(line)`
+        hearing the phases of each switch."""
         with self.writing("ingest"):
-            return rebuild.follow_policy(self, budget)
+            return rebuild.follow_policy(self, budget, say)
 
     def recall(self, k: int = 10, sample: int = 200, seed: int = 0) -> dict[str, float]:
         """recall@k of each modality's index against exact search (search.recall)."""
