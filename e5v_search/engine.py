@@ -13,6 +13,7 @@ The model loads only when something must be embedded: a rerun over an unchanged 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -138,6 +139,8 @@ class Engine(Closing):
         progress: bool | None = None,
         ray=None,
         max_memory: int | str | None = None,
+        exclude=(),
+        stdin_format: str = "txt",
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
@@ -145,7 +148,14 @@ class Engine(Closing):
         instead of local threads.
         At the end each modality's index type follows the collection (storage/policy.py) within
         `max_memory` (bytes or "8GB"; default: the budget a `rebuild --max-memory` recorded,
-        else $E5V_MAX_MEMORY, else half the RAM)."""
+        else $E5V_MAX_MEMORY, else half the RAM).
+        Sources: folders, globs, files (`~` expanded) and `-`, standard input read as
+        `stdin_format` (txt, jsonl, csv, tsv); one that does not exist, or a folder holding
+        this index, raises InputError before anything is read. `exclude`: globs of paths or
+        of folder and file names to leave out."""
+        from .ingest.sources import check_sources
+
+        sources = check_sources(sources, self.path)
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
@@ -169,7 +179,14 @@ class Engine(Closing):
         )
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
-            run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
+            run.run(
+                sources,
+                text_field=text_field,
+                id_field=id_field,
+                prune=prune,
+                exclude=exclude,
+                stdin_format=stdin_format,
+            )
             report.index_changes = self.store.follow_policy(self._budget(max_memory))
         report.seconds = time.perf_counter() - started
         return report
@@ -407,11 +424,26 @@ class Engine(Closing):
 
 
 def _term_vector(embedder, value) -> np.ndarray:
-    path = Path(str(value)).expanduser()
+    """An --add/--subtract term: an image file, or a text. A term that looks like a path (an
+    image's extension, or one word with a path separator) but is no file is refused: a typo
+    must not become a text query."""
+    text = str(value)
+    path = Path(text).expanduser()
+    looks_like_path = path.suffix.lower() in IMAGE_EXTENSIONS or (
+        ("/" in text or os.sep in text) and len(text.split()) == 1
+    )
+    if not looks_like_path:
+        return embedder.embed_texts([text])[0]
     # exists(), not is_file(): a fifo or device named like an image is refused as one
-    if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
-        return embedder.embed_images([path])[0]
-    return embedder.embed_texts([str(value)])[0]
+    if not path.exists():
+        raise InputError(
+            f"{text!r} looks like an image path but there is no such file: give an image "
+            "that exists, or a text (a phrase, with no file extension)"
+        )
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise InputError(f"{text!r} is a file but not an image ({kinds}): give an image or a text")
+    return embedder.embed_images([path])[0]
 
 
 def _item_id(value) -> int:

@@ -79,7 +79,8 @@ def index_option(command):
         envvar="E5V_SEARCH_INDEX",
         default="default",
         show_default=True,
-        help="Index directory, or a name for indexes/NAME [env: E5V_SEARCH_INDEX].",
+        help="A name, kept in the index home ($E5V_INDEX_HOME, else e5v-search/indexes in the "
+        "user data folder), or a directory path such as ./ix [env: E5V_SEARCH_INDEX].",
     )(command)
 
 
@@ -105,8 +106,9 @@ def open_engine(index, create=False, choice=None):
     from ..engine import Engine
 
     meta = click.get_current_context().meta
+    path = index_path(index, notify=lambda line: click.echo(f"note: {line}", err=True))
     return Engine.open(
-        index_path(index),
+        path,
         create=create,
         lock_timeout=meta.get("lock_timeout"),
         on_wait=lambda message: click.echo(f"{message} ...", err=True),
