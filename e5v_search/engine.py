@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .closing import Closing
-from .config import DEFAULT_MODEL, MAX_BATCH_TOKENS, MAX_ID
-from .errors import InputError
+from .config import MAX_BATCH_TOKENS, MAX_ID
+from .errors import InputError, ModelLoadError
 from .filters import metadata_filter
 from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
@@ -35,7 +35,8 @@ from .storage.store import Store
 class Engine(Closing):
     def __init__(self, store: Store, choice: ModelChoice, encoder=None):
         self.store = store
-        self.choice: ModelChoice = choice
+        self.from_index = choice.model is None  # the model the index records, none given
+        self.choice: ModelChoice = choice.for_index(store.catalog.spec())
         self._encoder = encoder
         self._spec: Spec | None = None
         self._accepted: dict[Spec, list[str]] = {}  # specs checked against the index: notes
@@ -45,7 +46,7 @@ class Engine(Closing):
     def open(
         cls,
         path: str | Path,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         *,
         create: bool = False,
         revision: str | None = None,
@@ -62,10 +63,12 @@ class Engine(Closing):
         """Open (or with `create`, make) the index at `path`. The model to load when something
         must be embedded: `choice` (a ModelChoice), or its options one by one (`model`,
         `revision`, ...; `quantize`: int8 or nf4, the language model quantized by bitsandbytes),
-        not both. `encoder` reuses a loaded one. A write waits up to `lock_timeout` seconds for
-        another process's write to finish, calling `on_wait` once with a message naming it."""
+        not both. With no model given, the one the index records (its revision, dtype and
+        quantization too, unless given), else DEFAULT_MODEL. `encoder` reuses a loaded one. A
+        write waits up to `lock_timeout` seconds for another process's write to finish, calling
+        `on_wait` once with a message naming it."""
         options = ModelChoice(
-            model=str(model),
+            model=None if model is None else str(model),
             revision=revision,
             device=device,
             dtype=dtype,
@@ -87,8 +90,14 @@ class Engine(Closing):
     def encoder(self):
         """The encoder, loaded on first use."""
         if self._encoder is None:
+            self._check_model()
             self._encoder = self.choice.load()
         return self._encoder
+
+    def _check_model(self) -> None:
+        """A recorded model directory that is gone, named before anything tries to load it."""
+        if self.from_index and (gone := self.choice.gone()):
+            raise ModelLoadError(gone)
 
     def close(self) -> None:
         """Close the index (the model, if loaded, goes with the engine)."""
@@ -162,6 +171,7 @@ class Engine(Closing):
             from .ingest.ray_backend import SHARDS, RayBackend, RayOptions
 
             ray = RayOptions(**ray) if isinstance(ray, dict) else ray
+            self._check_model()
 
             backend = RayBackend(self.path / SHARDS, self.choice, ray, max_pixels, progress)
 

@@ -30,11 +30,12 @@ def model_options(command):
         click.option(
             "--model",
             envvar="E5V_MODEL",
-            default=DEFAULT_MODEL,
-            show_default=True,
-            help="Hub id or local directory of the E5-V checkpoint [env: E5V_MODEL].",
+            help="Hub id or local directory of the E5-V checkpoint [the one the index records "
+            f"(its revision and precision too), else {DEFAULT_MODEL}; env: E5V_MODEL].",
         ),
-        click.option("--revision", envvar="E5V_REVISION", help="Hub revision (commit or tag)."),
+        click.option(
+            "--revision", envvar="E5V_REVISION", help="Hub revision (commit or tag) [the index's]."
+        ),
         click.option(
             "--device",
             envvar="E5V_DEVICE",
@@ -46,7 +47,8 @@ def model_options(command):
             "--dtype",
             envvar="E5V_DTYPE",
             type=click.Choice(["float16", "bfloat16", "float32"]),
-            help="Default: float16 on a GPU, float32 on a CPU [env: E5V_DTYPE].",
+            help="Default: the index's; for a new index float16 on a GPU, float32 on a CPU "
+            "[env: E5V_DTYPE].",
         ),
         click.option(
             "--quantize",
