@@ -248,7 +248,7 @@ class Engine(Closing):
         text: str | None = None,
         image=None,
         *,
-        like: int | None = None,
+        like: int | str | None = None,
         k: int = 10,
         modality: str | None = None,
         where: str | dict | None = None,
@@ -257,10 +257,11 @@ class Engine(Closing):
         subtract=(),
     ) -> list[Result]:
         """Top-k items for a text, an image, both (E5-V's composed query) or a stored item
-        (`like`), optionally moved towards `add` and away from `subtract` queries (texts, image
-        paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
-        ("any" searches both); `where` is SQL on the items table or a {metadata key: value}
-        dict."""
+        (`like`: its id or its record's key, see `like_id`), optionally moved towards `add` and
+        away from `subtract` queries (texts, image paths, or (query, weight) pairs). `modality`
+        defaults to the other one of the query's ("any" searches both); `where` is SQL on the
+        items table or a {metadata key: value} dict."""
+        like = None if like is None else self.like_id(like)
         query, target = self.query_vector(text, image, like=like, add=add, subtract=subtract)
         results = self.search_vector(
             query, target=modality or target, k=k + (like is not None), where=where, params=params
@@ -303,7 +304,7 @@ class Engine(Closing):
         if text is not None and not str(text).strip():
             raise InputError("the query text is empty")
         if like is not None:
-            like = _item_id(like)
+            like = self.like_id(like)
             rows = self.items([like])
             if not rows:
                 raise InputError(f"no item with id {like} in this index")
@@ -331,6 +332,29 @@ class Engine(Closing):
 
     def vectors(self, ids) -> np.ndarray:
         return self.store.catalog.vectors(ids)
+
+    def like_id(self, value) -> int:
+        """The item a `like` names: an item id (a whole number), or the key of a record, the
+        value of the --id-field its id came from (`KEY` or `id=KEY`; `id=42` for a key that is
+        a number). A key that no item, or more than one, has is an InputError."""
+        if isinstance(value, int) or str(value).strip().isdigit():
+            return _item_id(value)
+        key = str(value).strip().removeprefix("id=")
+        if not key:
+            raise InputError("like: give an item id or a record's key")
+        ids = self.store.catalog.ids(where="locator = ?", params=(f"id={key}",)).tolist()
+        if not ids:
+            raise InputError(
+                f"no item has the key {key!r} (the --id-field value it was ingested with); "
+                "give an item id (`search --json` shows ids)"
+            )
+        if len(ids) > 1:
+            sources = sorted({Path(row["source"]).name for row in self.items(ids[:20])})
+            raise InputError(
+                f"{len(ids)} items have the key {key!r} (in {', '.join(sources)}): give one's "
+                f"item id (ids {', '.join(map(str, ids[:5]))})"
+            )
+        return int(ids[0])
 
     def ids_of(self, keys: list[tuple[str, str]]) -> list[int | None]:
         """The id of the item stored for each (source, locator) key, None where there is none."""

@@ -65,3 +65,41 @@ def test_stdin_is_read_once(tmp_path, tiny_dir):
     with Engine.open(tmp_path / "ix", model=str(tiny_dir), device="cpu", create=True) as engine:
         with pytest.raises(InputError, match="standard input"):
             engine.ingest(["-", "-"], progress=False)
+
+
+def test_paths_prints_image_files_only_one_a_line(tmp_path, env):
+    photos = _photos(tmp_path / "photos")
+    (tmp_path / "t.txt").write_text("a red picture\n")
+    ingest = ["ingest", str(photos), str(tmp_path / "t.txt"), "-q"]
+    assert CliRunner().invoke(cli, ingest, env=env).exit_code == 0
+    result = CliRunner().invoke(cli, ["search", "red", "--type", "any", "--paths"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all((photos / line).is_file() for line in lines)
+    assert "1 text results left out" in result.stderr
+    both = CliRunner().invoke(cli, ["search", "red", "--paths", "--json"], env=env)
+    assert both.exit_code == 2 and "--json or --paths" in both.output
+
+
+def test_like_takes_a_records_key(tmp_path, env):
+    notes = tmp_path / "notes.jsonl"
+    rows = ['{"key": "cat-1", "text": "a cat"}', '{"key": 42, "text": "a dog"}']
+    notes.write_text("\n".join([*rows, '{"key": "dup", "text": "x"}']) + "\n")
+    (tmp_path / "more.jsonl").write_text('{"key": "dup", "text": "y"}\n')
+    args = ["ingest", str(notes), str(tmp_path / "more.jsonl"), "--id-field", "key", "-q"]
+    assert CliRunner().invoke(cli, args, env=env).exit_code == 0
+    with Engine.open(tmp_path / "ix") as engine:
+        cat, dog = engine.like_id("cat-1"), engine.like_id("id=42")
+        assert (
+            engine.items([cat])[0]["text"] == "a cat" and engine.items([dog])[0]["text"] == "a dog"
+        )
+        assert engine.like_id(2) == engine.like_id("2") == 2  # a number is an item id
+    found = CliRunner().invoke(cli, ["search", "--like", "cat-1", "--json"], env=env)
+    assert found.exit_code == 0, found.output
+    assert "a cat" not in found.stdout and "a dog" in found.stdout
+    missing = CliRunner().invoke(cli, ["search", "--like", "nope"], env=env)
+    assert missing.exit_code == 2 and "no item has the key 'nope'" in missing.output
+    twice = CliRunner().invoke(cli, ["search", "--like", "dup"], env=env)
+    assert twice.exit_code == 2 and "2 items have the key 'dup' (in more.jsonl, notes.jsonl)" in (
+        twice.output
+    )

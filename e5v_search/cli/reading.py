@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..config import MAX_ID, MAX_K
+from ..config import MAX_K
 from ..filters import parse_filters
 from . import cli
 from .options import (
@@ -27,7 +27,12 @@ from .options import (
     type=click.Path(dir_okay=False),
     help="Query image (with QUERY: E5-V's composed image+text query).",
 )
-@click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
+@click.option(
+    "--like",
+    metavar="ID|KEY",
+    help="A stored item, by its id or by its record's key (the --id-field value; id=KEY for "
+    "a key that is a number): more like it.",
+)
 @click.option(
     "--type",
     "modality",
@@ -46,10 +51,17 @@ from .options import (
     "--subtract", "-s", multiple=True, help="Move the query away from this text or image."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result line.")
+@click.option(
+    "--paths",
+    is_flag=True,
+    help="Only the file of each image result, one a line (for xargs); texts are left out.",
+)
 @index_option
 @model_options
 @errors_to_click
-def search(query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice):
+def search(
+    query, image, like, modality, k, where, meta, add, subtract, as_json, paths, index, choice
+):
     """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
 
     \b
@@ -57,10 +69,13 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
       e5v-search search "a dog on a beach"
       e5v-search search --image cat.jpg --type image -k 5
       e5v-search search "a horse" --add "stripes" --subtract "black and white"
+      e5v-search search "a cat" --paths | xargs -d '\\n' feh
     """
     filters = parse_filters(meta)
     if where and filters:
         raise click.UsageError("use --where or --meta, not both")
+    if as_json and paths:
+        raise click.UsageError("use --json or --paths, not both")
     with open_engine(index, choice=choice) as engine:
         results = engine.search(
             query,
@@ -73,6 +88,9 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
             subtract=subtract,
         )
         echo_notices(engine)
+    if paths:
+        _echo_paths(results)
+        return
     for rank, result in enumerate(results, start=1):
         if as_json:
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -80,6 +98,19 @@ def search(query, image, like, modality, k, where, meta, add, subtract, as_json,
             click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {describe(result)}")
     if not results and not as_json:
         click.echo("no results", err=True)
+
+
+def _echo_paths(results) -> None:
+    """Each image result's file, one a line; a text has no file of its own (its source is the
+    .jsonl or .csv that holds it), so texts are left out, and stderr says how many."""
+    for result in results:
+        if result.modality == "image":
+            click.echo(result.source)
+    texts = sum(result.modality != "image" for result in results)
+    if texts:
+        click.echo(
+            f"{texts} text results left out (they are not files: --json shows them)", err=True
+        )
 
 
 @cli.command()
