@@ -41,6 +41,7 @@ class Engine(Closing):
         self._spec: Spec | None = None
         self._accepted: dict[Spec, list[str]] = {}  # specs checked against the index: notes
         self._shown: set[str] = set()
+        self._recorded_repairs = store.catalog.model_repairs()  # said once, when recorded
 
     @classmethod
     def open(
@@ -117,7 +118,8 @@ class Engine(Closing):
 
     def notices(self) -> list[str]:
         """What the engine learnt that the user should hear, each line once: index files
-        repaired, checkpoint traps repaired, harmless spec differences."""
+        repaired, checkpoint traps repaired (only when the index has not recorded them yet: at
+        the ingest that creates it; `info` shows them after), harmless spec differences."""
         from .storage.commits import describe
 
         store = self.store
@@ -126,7 +128,7 @@ class Engine(Closing):
         lines += [f"acknowledged: {describe(lost)}" for lost in store.acknowledged]
         lines += [f"damaged: {line}" for line in store.catalog.damaged_rows.values()]
         repairs = getattr(self._encoder, "repairs", None)
-        if repairs:
+        if repairs and list(repairs) != self._recorded_repairs:
             lines.append(f"model: the checkpoint was repaired on loading: {'; '.join(repairs)}")
         lines += [f"note: {line}" for notes in self._accepted.values() for line in notes]
         new = [line for line in lines if line not in self._shown]
@@ -198,6 +200,9 @@ class Engine(Closing):
                 stdin_format=stdin_format,
             )
             report.index_changes = self.store.follow_policy(self._budget(max_memory))
+            repairs = getattr(self._encoder, "repairs", None)
+            if repairs and self.store.catalog.count():
+                self.store.catalog.record_model_repairs(repairs)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -365,13 +370,23 @@ class Engine(Closing):
         return {m: self.store.catalog.count(m) for m in MODALITIES}
 
     def errors(self) -> list[dict]:
-        return self.store.catalog.errors()
+        """The inputs recorded as not ingested, and why, but for files that are gone since."""
+        return [row for row in self.store.catalog.errors() if not _gone(row["source"])]
+
+    def clear_errors(self) -> int:
+        """Forget every recorded ingest error (the next ingest records what is still wrong);
+        returns how many were forgotten."""
+        with self.store.writing("clear errors"):
+            rows = self.store.catalog.errors()
+            self.store.catalog.clear_errors([(row["source"], row["locator"]) for row in rows])
+        return len(rows)
 
     # -- maintenance ---------------------------------------------------------------------------
 
     def info(self) -> dict:
         info = self.store.info()
         info["repairs"] = list(self.store.repairs)
+        info["errors"] = len(self.errors())
         return info
 
     def rebuild(self, factory=None, *, nprobe=None, ef_search=None, max_memory=None, rerank=None):
@@ -478,6 +493,14 @@ def _term_vector(embedder, value) -> np.ndarray:
         kinds = ", ".join(IMAGE_EXTENSIONS)
         raise InputError(f"{text!r} is a file but not an image ({kinds}): give an image or a text")
     return embedder.embed_images([path])[0]
+
+
+def _gone(source: str) -> bool:
+    """Whether an error's input was a file that no longer exists (a pattern, or standard
+    input, is never gone)."""
+    import glob
+
+    return os.path.isabs(source) and not glob.has_magic(source) and not os.path.lexists(source)
 
 
 def _item_id(value) -> int:

@@ -255,7 +255,7 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
     assert set(rows[0]) == {"id", "modality", "score", "source", "locator", "text", "metadata"}
     assert rows[0]["text"] == "A red circle on a grey background."
     table = runner.invoke(cli, ["search", "red", "--meta", "color=red", "--type", "text"], env=env)
-    assert table.exit_code == 0 and len(table.stdout.splitlines()) == 8
+    assert table.exit_code == 0 and len(table.stdout.splitlines()) == 1 + 8  # a header, 8 rows
 
     info = runner.invoke(cli, ["info"], env=env)
     assert "48 images, 48 texts" in info.stdout

@@ -14,6 +14,7 @@ from .options import (
     echo_notices,
     errors_to_click,
     index_option,
+    lock_option,
     model_options,
     open_engine,
 )
@@ -91,12 +92,18 @@ def search(
     if paths:
         _echo_paths(results)
         return
-    for rank, result in enumerate(results, start=1):
-        if as_json:
+    if as_json:
+        for result in results:
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-        else:
-            click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {describe(result)}")
-    if not results and not as_json:
+    elif results:
+        width = max(2, *(len(str(result.id)) for result in results))
+        click.echo(f"{'#':>3}  {'score':>7}  {'type':<5}  {'id':>{width}}  item")
+        for rank, result in enumerate(results, start=1):
+            click.echo(
+                f"{rank:>3}  {result.score:>7.4f}  {result.modality:<5}  "
+                f"{result.id:>{width}}  {describe(result)}"
+            )
+    else:
         click.echo("no results", err=True)
 
 
@@ -125,41 +132,63 @@ def info(index, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    from ..spec import precision
-
-    spec = data["spec"] or {}
     click.echo(f"index:   {data['path']}")
-    click.echo(f"items:   {data['counts']['image']} images, {data['counts']['text']} texts")
-    details = ", ".join(f"{k} {spec.get(k)}" for k in ("revision", "dim", "prompt_version"))
-    click.echo(f"model:   {spec.get('model')} ({details}, vectors in {precision(spec)})")
+    click.echo(f"items:   {data['counts']['image']:,} images, {data['counts']['text']:,} texts")
+    click.echo(f"model:   {_model_line(data['spec'])}")
+    for line in data["model_repairs"]:
+        click.echo(f"         the checkpoint was repaired on loading: {line}")
     for modality, entry in data["indexes"].items():
-        settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
-        extra = f" {settings}" if settings else ""
+        settings = [f"{k} {entry[k]}" for k in ("nprobe", "ef_search") if k in entry]
+        extra = f", {', '.join(settings)}" if settings else ""
         where = " on disk" if entry["on_disk"] else ""
         parts = f"{entry['segments']} segments + {entry['delta']} in the delta"
         click.echo(
-            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
+            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']:,} vectors "
             f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}"
         )
     for modality, problem in data["damaged"].items():
         click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
     for modality, ids in data["skipped_rows"].items():
-        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {ids[:5]})")
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {shown})")
     if data["unsaved_changes"] > 0:
         click.echo(
             f"files:   {data['unsaved_changes']} committed changes not saved in them yet (an "
             "ingest running, or one that stopped: the next write saves them)"
         )
-    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
+    errors = (
+        f"{data['errors']} ingest errors (`e5v-search errors`)"
+        if data["errors"]
+        else "no ingest errors"
+    )
+    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {errors}")
+
+
+def _model_line(spec: dict | None) -> str:
+    """The model an index's vectors were made with, as a person reads it."""
+    from ..spec import precision
+
+    if not spec:
+        return "none yet (the first ingest records the model it embeds with)"
+    revision = f" at revision {spec['revision']}" if spec.get("revision") else ""
+    return (
+        f"{spec['model']}{revision}: {spec['dim']:,}-d vectors in {precision(spec)}, "
+        f"prompts {spec['prompt_version']} (search, serve and ingest use it unless --model)"
+    )
 
 
 @cli.command()
 @index_option
+@lock_option
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--clear", is_flag=True, help="Forget them all (the next ingest finds what remains).")
 @errors_to_click
-def errors(index, as_json):
-    """Inputs that could not be ingested, and why."""
+def errors(index, as_json, clear):
+    """Inputs that could not be ingested, and why (files deleted since are left out)."""
     with open_engine(index) as engine:
+        if clear:
+            click.echo(f"cleared {engine.clear_errors()} recorded errors", err=True)
+            return
         rows = engine.errors()
     for row in rows:
         if as_json:

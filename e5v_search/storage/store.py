@@ -356,6 +356,7 @@ class Store(Closing):
             "generation": self.save_id,  # of the files in use (changes at every save)
             "covered_seq": self.covered,  # the catalog changes they reflect, in memory
             "spec": self.catalog.spec(),
+            "model_repairs": self.catalog.model_repairs(),
             "counts": {m: self.catalog.count(m) for m in MODALITIES},
             "factory": self.factory,
             "indexes": {
