@@ -496,11 +496,13 @@ def _term_vector(embedder, value) -> np.ndarray:
 
 
 def _gone(source: str) -> bool:
-    """Whether an error's input was a file that no longer exists (a pattern, or standard
-    input, is never gone)."""
+    """Whether an error's input was a file that no longer exists (a pattern, standard input,
+    or a name stored escaped because it is not UTF-8, records.printable, is never gone)."""
     import glob
 
-    return os.path.isabs(source) and not glob.has_magic(source) and not os.path.lexists(source)
+    if not os.path.isabs(source) or glob.has_magic(source) or "\\x" in source or "\\u" in source:
+        return False
+    return not os.path.lexists(source)
 
 
 def _item_id(value) -> int:
