@@ -25,7 +25,7 @@ SEARCH_MODES = ("vector", "keyword", "hybrid")  # how a search ranks (README: Se
 RRF_K = 60  # reciprocal rank fusion's k, as in Qdrant, LanceDB and Milvus
 HYBRID_WEIGHT = 0.5  # the vector side's share of a hybrid score; the keyword side has the rest
 HYBRID_CANDIDATES = 100  # each side of a hybrid search gives at least this many candidates
-INDEXES = Path("indexes")  # home of named indexes
+OLD_INDEXES = Path("indexes")  # where named indexes lived before, relative to the working folder
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B?)\s*$", re.I)
@@ -57,14 +57,49 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def index_path(value: str | Path) -> Path:
-    """Where an index lives: a bare name (no slash) that is not an existing folder means
-    indexes/NAME; anything else is a directory path. Every command and script resolves with it."""
+def index_home() -> Path:
+    """Where named indexes live, whatever the working folder: $E5V_INDEX_HOME, else the
+    platform's per-user data folder (platformdirs: ~/.local/share/e5v-search/indexes on Linux,
+    ~/Library/Application Support/e5v-search/indexes on macOS)."""
+    env = os.environ.get("E5V_INDEX_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_data_path("e5v-search") / "indexes"
+
+
+def is_index_name(value: str | Path) -> bool:
+    """A bare name (no path separator, not . or .., not ~): a named index, never a folder."""
     text = str(value)
-    path = Path(text).expanduser()
-    if "/" not in text and os.sep not in text and not path.is_dir():
-        return INDEXES / text
-    return path
+    separators = "/" + os.sep + (os.altsep or "")
+    return (
+        bool(text)
+        and not any(c in text for c in separators)
+        and text not in (".", "..")
+        and (not text.startswith("~"))
+    )
+
+
+def index_path(value: str | Path, notify=None) -> Path:
+    """Where an index lives: a bare NAME is index_home()/NAME (a folder NAME in the working
+    folder is never taken for it); anything else (./x, /x, x/y, ~/x) is a directory path.
+    A named index that an earlier version kept in ./indexes/NAME is still found there while
+    the home has none of that name; `notify` is then told where. Every command and script
+    resolves with this."""
+    if not is_index_name(value):
+        return Path(str(value)).expanduser()
+    home = index_home() / str(value)
+    old = OLD_INDEXES / str(value)
+    if not (home / "catalog.sqlite").exists() and (old / "catalog.sqlite").exists():
+        if notify is not None:
+            notify(
+                f"index {value}: using {old.resolve()}, found where earlier versions kept named "
+                f"indexes (./indexes, relative to the working folder); move it to {home} to use "
+                "it by name from any folder"
+            )
+        return old
+    return home
 
 
 def cache_home() -> Path:

@@ -13,21 +13,15 @@ The model loads only when something must be embedded: a rerun over an unchanged 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .closing import Closing
-from .config import (
-    DEFAULT_MODEL,
-    DUPLICATE_COSINE,
-    HYBRID_WEIGHT,
-    MAX_BATCH_TOKENS,
-    MAX_ID,
-    RRF_K,
-)
-from .errors import InputError
+from .config import DUPLICATE_COSINE, HYBRID_WEIGHT, MAX_BATCH_TOKENS, MAX_ID, RRF_K
+from .errors import InputError, ModelLoadError
 from .filters import metadata_filter
 from .images import IMAGE_EXTENSIONS
 from .ingest.run import Ingestion
@@ -41,17 +35,19 @@ from .storage.store import Store
 class Engine(Closing):
     def __init__(self, store: Store, choice: ModelChoice, encoder=None):
         self.store = store
-        self.choice: ModelChoice = choice
+        self.from_index = choice.model is None  # the model the index records, none given
+        self.choice: ModelChoice = choice.for_index(store.catalog.spec())
         self._encoder = encoder
         self._spec: Spec | None = None
         self._accepted: dict[Spec, list[str]] = {}  # specs checked against the index: notes
         self._shown: set[str] = set()
+        self._recorded_repairs = store.catalog.model_repairs()  # said once, when recorded
 
     @classmethod
     def open(
         cls,
         path: str | Path,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         *,
         create: bool = False,
         revision: str | None = None,
@@ -68,10 +64,12 @@ class Engine(Closing):
         """Open (or with `create`, make) the index at `path`. The model to load when something
         must be embedded: `choice` (a ModelChoice), or its options one by one (`model`,
         `revision`, ...; `quantize`: int8 or nf4, the language model quantized by bitsandbytes),
-        not both. `encoder` reuses a loaded one. A write waits up to `lock_timeout` seconds for
-        another process's write to finish, calling `on_wait` once with a message naming it."""
+        not both. With no model given, the one the index records (its revision, dtype and
+        quantization too, unless given), else DEFAULT_MODEL. `encoder` reuses a loaded one. A
+        write waits up to `lock_timeout` seconds for another process's write to finish, calling
+        `on_wait` once with a message naming it."""
         options = ModelChoice(
-            model=str(model),
+            model=None if model is None else str(model),
             revision=revision,
             device=device,
             dtype=dtype,
@@ -93,8 +91,14 @@ class Engine(Closing):
     def encoder(self):
         """The encoder, loaded on first use."""
         if self._encoder is None:
+            self._check_model()
             self._encoder = self.choice.load()
         return self._encoder
+
+    def _check_model(self) -> None:
+        """A recorded model directory that is gone, named before anything tries to load it."""
+        if self.from_index and (gone := self.choice.gone()):
+            raise ModelLoadError(gone)
 
     def close(self) -> None:
         """Close the index (the model, if loaded, goes with the engine)."""
@@ -114,7 +118,8 @@ class Engine(Closing):
 
     def notices(self) -> list[str]:
         """What the engine learnt that the user should hear, each line once: index files
-        repaired, checkpoint traps repaired, harmless spec differences."""
+        repaired, checkpoint traps repaired (only when the index has not recorded them yet: at
+        the ingest that creates it; `info` shows them after), harmless spec differences."""
         from .storage.commits import describe
 
         store = self.store
@@ -123,7 +128,7 @@ class Engine(Closing):
         lines += [f"acknowledged: {describe(lost)}" for lost in store.acknowledged]
         lines += [f"damaged: {line}" for line in store.catalog.damaged_rows.values()]
         repairs = getattr(self._encoder, "repairs", None)
-        if repairs:
+        if repairs and list(repairs) != self._recorded_repairs:
             lines.append(f"model: the checkpoint was repaired on loading: {'; '.join(repairs)}")
         lines += [f"note: {line}" for notes in self._accepted.values() for line in notes]
         new = [line for line in lines if line not in self._shown]
@@ -147,6 +152,8 @@ class Engine(Closing):
         max_memory: int | str | None = None,
         refresh_metadata: bool = False,
         on_phase=None,
+        exclude=(),
+        stdin_format: str = "txt",
     ) -> IngestReport:
         """Embed and store what is new or changed in `sources`; skip what is stored already.
         Each bad input is recorded (see `errors()`), passed to `on_error`, and skipped.
@@ -157,13 +164,21 @@ class Engine(Closing):
         else $E5V_MAX_MEMORY, else half the RAM); `on_phase(line)` hears the phases of such a
         switch (sampling, training, adding, merging) as they start, progress and end.
         `refresh_metadata` reads the photo metadata of image files stored unchanged again (no
-        model, no new vector; new and changed files always get theirs)."""
+        model, no new vector; new and changed files always get theirs).
+        Sources: folders, globs, files (`~` expanded) and `-`, standard input read as
+        `stdin_format` (txt, jsonl, csv, tsv); one that does not exist, or a folder holding
+        this index, raises InputError before anything is read. `exclude`: globs of paths or
+        of folder and file names to leave out."""
+        from .ingest.sources import check_sources
+
+        sources = check_sources(sources, self.path)
         started = time.perf_counter()
         report = IngestReport()
         if ray is not None:
             from .ingest.ray_backend import SHARDS, RayBackend, RayOptions
 
             ray = RayOptions(**ray) if isinstance(ray, dict) else ray
+            self._check_model()
 
             backend = RayBackend(self.path / SHARDS, self.choice, ray, max_pixels, progress)
 
@@ -188,8 +203,18 @@ class Engine(Closing):
         )
         # One writer at a time: a second ingest waits, then plans against what this one stored.
         with self.store.writing("ingest"):
-            run.run(sources, text_field=text_field, id_field=id_field, prune=prune)
+            run.run(
+                sources,
+                text_field=text_field,
+                id_field=id_field,
+                prune=prune,
+                exclude=exclude,
+                stdin_format=stdin_format,
+            )
             report.index_changes = self.store.follow_policy(self._budget(max_memory), on_phase)
+            repairs = getattr(self._encoder, "repairs", None)
+            if repairs and self.store.catalog.count():
+                self.store.catalog.record_model_repairs(repairs)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -240,7 +265,7 @@ class Engine(Closing):
         text: str | None = None,
         image=None,
         *,
-        like: int | None = None,
+        like: int | str | None = None,
         k: int = 10,
         modality: str | None = None,
         where: str | dict | None = None,
@@ -253,13 +278,15 @@ class Engine(Closing):
         rrf_k: int = RRF_K,
     ) -> Results:
         """Top-k items for a text, an image, both (E5-V's composed query) or a stored item
-        (`like`), optionally moved towards `add` and away from `subtract` queries (texts, image
-        paths, or (query, weight) pairs). `modality` defaults to the other one of the query's
-        ("any" searches both; a keyword search, both); `where` is SQL on the items table or a
-        {metadata key: value} dict. `mode`: "vector" (cosine), "keyword" (BM25 over the words
-        of `text`: no model needed) or "hybrid" (both fused by reciprocal rank, `weight` the
-        vector side's share, `rrf_k` the fusion's k). Results scoring below `min_score` (the
-        score of the mode) are cut from the k best: `Results.cut` says how many."""
+        (`like`: its id or its record's key, see `like_id`), optionally moved towards `add` and
+        away from `subtract` queries (texts, image paths, or (query, weight) pairs). `modality`
+        defaults to the other one of the query's ("any" searches both; a keyword search, both);
+        `where` is SQL on the items table or a {metadata key: value} dict. `mode`: "vector"
+        (cosine), "keyword" (BM25 over the words of `text`: no model needed) or "hybrid" (both
+        fused by reciprocal rank, `weight` the vector side's share, `rrf_k` the fusion's k).
+        Results scoring below `min_score` (the score of the mode) are cut from the k best:
+        `Results.cut` says how many."""
+        like = None if like is None else self.like_id(like)
         query, target = self.query_vector(
             text, image, like=like, add=add, subtract=subtract, mode=mode
         )
@@ -370,7 +397,7 @@ class Engine(Closing):
                 )
             return None, "any"
         if like is not None:
-            like = _item_id(like)
+            like = self.like_id(like)
             rows = self.items([like])
             if not rows:
                 raise InputError(f"no item with id {like} in this index")
@@ -399,6 +426,29 @@ class Engine(Closing):
     def vectors(self, ids) -> np.ndarray:
         return self.store.catalog.vectors(ids)
 
+    def like_id(self, value) -> int:
+        """The item a `like` names: an item id (a whole number), or the key of a record, the
+        value of the --id-field its id came from (`KEY` or `id=KEY`; `id=42` for a key that is
+        a number). A key that no item, or more than one, has is an InputError."""
+        if isinstance(value, int) or str(value).strip().isdigit():
+            return _item_id(value)
+        key = str(value).strip().removeprefix("id=")
+        if not key:
+            raise InputError("like: give an item id or a record's key")
+        ids = self.store.catalog.ids(where="locator = ?", params=(f"id={key}",)).tolist()
+        if not ids:
+            raise InputError(
+                f"no item has the key {key!r} (the --id-field value it was ingested with); "
+                "give an item id (`search --json` shows ids)"
+            )
+        if len(ids) > 1:
+            sources = sorted({Path(row["source"]).name for row in self.items(ids[:20])})
+            raise InputError(
+                f"{len(ids)} items have the key {key!r} (in {', '.join(sources)}): give one's "
+                f"item id (ids {', '.join(map(str, ids[:5]))})"
+            )
+        return int(ids[0])
+
     def ids_of(self, keys: list[tuple[str, str]]) -> list[int | None]:
         """The id of the item stored for each (source, locator) key, None where there is none."""
         rows = self.store.catalog.lookup(keys)
@@ -415,13 +465,23 @@ class Engine(Closing):
         return {m: self.store.catalog.count(m) for m in MODALITIES}
 
     def errors(self) -> list[dict]:
-        return self.store.catalog.errors()
+        """The inputs recorded as not ingested, and why, but for files that are gone since."""
+        return [row for row in self.store.catalog.errors() if not _gone(row["source"])]
+
+    def clear_errors(self) -> int:
+        """Forget every recorded ingest error (the next ingest records what is still wrong);
+        returns how many were forgotten."""
+        with self.store.writing("clear errors"):
+            rows = self.store.catalog.errors()
+            self.store.catalog.clear_errors([(row["source"], row["locator"]) for row in rows])
+        return len(rows)
 
     # -- maintenance ---------------------------------------------------------------------------
 
     def info(self) -> dict:
         info = self.store.info()
         info["repairs"] = list(self.store.repairs)
+        info["errors"] = len(self.errors())
         return info
 
     def rebuild(
@@ -523,11 +583,36 @@ class Engine(Closing):
 
 
 def _term_vector(embedder, value) -> np.ndarray:
-    path = Path(str(value)).expanduser()
+    """An --add/--subtract term: an image file, or a text. A term that looks like a path (an
+    image's extension, or one word with a path separator) but is no file is refused: a typo
+    must not become a text query."""
+    text = str(value)
+    path = Path(text).expanduser()
+    looks_like_path = path.suffix.lower() in IMAGE_EXTENSIONS or (
+        ("/" in text or os.sep in text) and len(text.split()) == 1
+    )
+    if not looks_like_path:
+        return embedder.embed_texts([text])[0]
     # exists(), not is_file(): a fifo or device named like an image is refused as one
-    if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
-        return embedder.embed_images([path])[0]
-    return embedder.embed_texts([str(value)])[0]
+    if not path.exists():
+        raise InputError(
+            f"{text!r} looks like an image path but there is no such file: give an image "
+            "that exists, or a text (a phrase, with no file extension)"
+        )
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise InputError(f"{text!r} is a file but not an image ({kinds}): give an image or a text")
+    return embedder.embed_images([path])[0]
+
+
+def _gone(source: str) -> bool:
+    """Whether an error's input was a file that no longer exists (a pattern, standard input,
+    or a name stored escaped because it is not UTF-8, records.printable, is never gone)."""
+    import glob
+
+    if not os.path.isabs(source) or glob.has_magic(source) or "\\x" in source or "\\u" in source:
+        return False
+    return not os.path.lexists(source)
 
 
 def _item_id(value) -> int:

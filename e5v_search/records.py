@@ -1,5 +1,5 @@
-"""The record reader: the lines of a text file and the records of a .jsonl or .csv file, read
-within bounds, each bad one named as a `SourceError` (the file, the line or row, and why).
+"""The record reader: the lines of a text file and the records of a .jsonl, .csv or .tsv file,
+read within bounds, each bad one named as a `SourceError` (the file, the line or row, and why).
 
 Ingest (ingest/sources.py) and evaluation read every text file through here. Only regular files
 are opened (a fifo or a device is named and skipped first); lines are read with MAX_LINE_BYTES a
@@ -60,11 +60,12 @@ def encodable(text: str) -> bool:
 
 
 def read_records(path: str, column: str | None = None) -> Iterator[tuple[str, dict] | SourceError]:
-    """The records of a .jsonl or .csv file as (locator, record), each bad one (or the whole
+    """The records of a .jsonl, .csv or .tsv file as (locator, record), each bad one (or the whole
     file, when it cannot be read) as a SourceError naming it: ingest and evaluation read with
-    this. `column`: a .csv without it in its header is one error (a .jsonl record without it is
-    the caller's to name)."""
-    if Path(path).suffix.lower() != ".csv":
+    this. `column`: a .csv or .tsv without it in its header is one error (a .jsonl record
+    without it is the caller's to name)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".tsv"):
         for locator, line in read_lines(path):
             if isinstance(line, SourceError):
                 yield line
@@ -76,10 +77,17 @@ def read_records(path: str, column: str | None = None) -> Iterator[tuple[str, di
         yield text
         return
     with text:
-        yield from _csv_records(path, text, column)
+        yield from _csv_records(path, text, column, TSV if suffix == ".tsv" else {})
 
 
-def _csv_records(path: str, text, column: str | None) -> Iterator[tuple[str, dict] | SourceError]:
+# .tsv as IANA's text/tab-separated-values has it: a tab between fields, no quoting (a quote is
+# a character of the text), so a field holds no tab and no line break.
+TSV = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+
+
+def _csv_records(
+    path: str, text, column: str | None, dialect: dict
+) -> Iterator[tuple[str, dict] | SourceError]:
     """What DictReader would give (blank rows skipped, missing fields None), each row read within
     the line cap: a row with a line over it, or with bytes that are not UTF-8, is that row's
     error. A CSV error (a quoted field past the field limit) ends the file: what follows it
@@ -94,7 +102,7 @@ def _csv_records(path: str, text, column: str | None) -> Iterator[tuple[str, dic
 
     # The csv module's one field limit is process-wide: raised to the line cap, never lowered.
     csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
-    reader = csv.reader(lines())
+    reader = csv.reader(lines(), **dialect)
     try:
         header = next(reader, None)
         if over:

@@ -90,6 +90,7 @@ def train(
     seen = combinations(held_out=False)
     model.train()
     loss_value = float("nan")
+    looping = time.perf_counter()  # the pace of the steps, for the ETA
     for step in range(steps):
         combos = rng.sample(seen, batch)
         texts = [caption(*combo, rng.randrange(len(TEMPLATES))) for combo in combos]
@@ -109,7 +110,8 @@ def train(
         schedule.step()
         loss_value = loss.item()
         if log and (step % 50 == 0 or step == steps - 1):
-            log(f"step {step + 1}/{steps}: loss {loss_value:.3f}")
+            pace = progress(looping, step + 1, steps)
+            log(f"step {step + 1}/{steps}: loss {loss_value:.3f}, {pace}")
     model.eval()
     report = {
         "seconds": round(time.perf_counter() - started, 1),
@@ -142,6 +144,21 @@ def _top1(encoder) -> dict:
         for direction, hits in (("text_to_image", t2i), ("image_to_text", i2t))
         for part, mask in (("seen", ~held), ("held_out", held))
     }
+
+
+def progress(started: float, done: int, total: int) -> str:
+    """'elapsed 1m05s, ETA 2m10s': time since `started` (perf_counter) and the rest at this pace."""
+    elapsed = time.perf_counter() - started
+    left = elapsed / done * (total - done) if done else float("nan")
+    eta = _minutes(left) if done < total else "done"
+    return f"elapsed {_minutes(elapsed)}, ETA {eta}"
+
+
+def _minutes(seconds: float) -> str:
+    if seconds != seconds:  # nan: nothing done yet to measure a pace by
+        return "unknown"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def cached_trained_checkpoint(cache_dir: str | Path | None = None, log=None) -> Path:

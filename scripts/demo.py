@@ -1,7 +1,7 @@
 """The README's main job, end to end on this machine with no download: train (first run only) a
 tiny E5-V-shaped model on synthetic shapes, generate a small corpus (48 images in folders, a
-captions.jsonl), ingest it into indexes/demo, then search text -> image and image -> text and
-measure Recall@K, printing each command and its output.
+captions.jsonl), ingest it into the named index `demo` (in the index home), then search text ->
+image and image -> text and measure Recall@K, printing each command and its output.
 
 The model is tiny and knows only coloured shapes on two backgrounds, but its rankings are real:
 a caption finds its picture and a picture its caption, through the same engine, prompts, pixels
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e5v_search.config import cache_home
+from e5v_search.config import cache_home, index_home
 from e5v_search.testing import make_sample_corpus
 from e5v_search.training import cached_trained_checkpoint
 
@@ -40,11 +40,13 @@ def main() -> None:
     corpus = cache_home() / "demo-corpus"
     if not (corpus / "captions.jsonl").exists():
         make_sample_corpus(corpus)
-    index = ROOT / "indexes" / "demo"
-    shutil.rmtree(index, ignore_errors=True)
+    # A fresh `demo` each run, and not one an earlier version left in ./indexes/demo
+    for index in (index_home() / "demo", ROOT / "indexes" / "demo"):
+        shutil.rmtree(index, ignore_errors=True)
     env = dict(os.environ, E5V_MODEL=str(model), E5V_SEARCH_INDEX="demo")
     print(f"Model: {model} (trained in {trained['seconds']:.0f} s)")
     print(f"Sample corpus: {corpus}")
+    print(f"Index: demo, in {index_home()}")
     run("ingest", str(corpus / "images"), str(corpus / "captions.jsonl"), env=env)
     run("info", env=env)
     run("search", "A red circle on a grey background.", "-k", "3", env=env)

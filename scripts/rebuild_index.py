@@ -1,8 +1,8 @@
 """Rebuild an index directory's FAISS files from the vectors stored in its catalog (no model):
 a thin call of `e5v-search rebuild`, kept for the cron jobs and scripts that call this file.
 
-    python scripts/rebuild_index.py indexes/photos --type HNSW32
-    python scripts/rebuild_index.py indexes/photos --max-memory 8GB
+    python scripts/rebuild_index.py photos --type HNSW32
+    python scripts/rebuild_index.py ./ix --max-memory 8GB
 
 Takes `e5v-search rebuild`'s options after the index directory (or name); see its --help.
 """

@@ -1,11 +1,14 @@
 import os
 import sqlite3
+import tempfile
 
 import numpy as np
 import pytest
 
 # Tests never reach a model hub: a hub id must fail at once, not after network retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Named indexes go to a home of the tests' own (subprocesses inherit it), never the user's.
+os.environ["E5V_INDEX_HOME"] = tempfile.mkdtemp(prefix="e5v-test-index-home-")
 
 
 @pytest.fixture(scope="session")

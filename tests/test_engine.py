@@ -211,7 +211,7 @@ def _bad_inputs(folder):
     texts.mkdir()
     (texts / "bad.txt").write_bytes(b"good line\n\xff\xfe\n")
     (texts / "c.jsonl").write_text('{"text": "fine"}\n{"text": "   "}\n{not json\n')
-    return [folder, texts / "bad.txt", texts / "c.jsonl", folder / "nope.png"]
+    return [folder, texts / "bad.txt", texts / "c.jsonl", str(folder / "nope*.png")]
 
 
 def test_bad_inputs_are_named_recorded_and_skipped(tmp_path, tiny_dir):
@@ -229,7 +229,7 @@ def test_bad_inputs_are_named_recorded_and_skipped(tmp_path, tiny_dir):
     assert recorded[("bad.txt", "line 2")].startswith("not valid UTF-8")
     assert recorded[("c.jsonl", "line 2")] == "blank text"
     assert recorded[("c.jsonl", "line 3")].startswith("not valid JSON")
-    assert recorded[("nope.png", "")] == "no such file, folder or pattern"
+    assert recorded[("nope*.png", "")] == "the pattern matches no file"
     assert len(seen) == 7
 
 
@@ -255,7 +255,7 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
     assert set(rows[0]) == {"id", "modality", "score", "source", "locator", "text", "metadata"}
     assert rows[0]["text"] == "A red circle on a grey background."
     table = runner.invoke(cli, ["search", "red", "--meta", "color=red", "--type", "text"], env=env)
-    assert table.exit_code == 0 and len(table.stdout.splitlines()) == 8
+    assert table.exit_code == 0 and len(table.stdout.splitlines()) == 1 + 8  # a header, 8 rows
 
     info = runner.invoke(cli, ["info"], env=env)
     assert "48 images, 48 texts" in info.stdout
@@ -269,7 +269,7 @@ def test_cli_ingest_search_info_errors_delete(tmp_path, tiny_dir, corpus):
     assert "good.png: 60x40 is over the cap of 1,000 pixels" in result.stderr
     assert "skipped" in result.stderr and "c.jsonl (line 2): blank text" in result.stderr
     errors = runner.invoke(cli, ["errors"], env=env)
-    assert "nope.png: no such file, folder or pattern" in errors.stdout
+    assert "nope*.png: the pattern matches no file" in errors.stdout
 
     deleted = runner.invoke(cli, ["delete", "--meta", "color=red"], env=env)
     assert deleted.exit_code == 0 and "deleted 8 items" in deleted.stderr

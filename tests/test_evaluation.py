@@ -230,6 +230,7 @@ def test_eval_index_name_is_the_same_index_every_command_opens(
     tmp_path, tiny_dir, dataset, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("E5V_INDEX_HOME", str(tmp_path / "home"))
     env = {"E5V_MODEL": str(tiny_dir), "E5V_DEVICE": "cpu"}
     args = [
         "eval",
@@ -243,7 +244,8 @@ def test_eval_index_name_is_the_same_index_every_command_opens(
     ]
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "indexes" / "photos" / "cirr-gallery" / "catalog.sqlite").is_file()
+    # a bare name is a named index, in the index home
+    assert (tmp_path / "home" / "photos" / "cirr-gallery" / "catalog.sqlite").is_file()
     assert not (tmp_path / "photos").exists()
     args = [
         "eval",

@@ -25,7 +25,8 @@ def rotated(tmp_path_factory, tiny_dir):
     exif[0x0112] = ROTATE_90_CW
     path = folder / "phone.jpg"
     pattern_image(150, 80).save(path, exif=exif, quality=95)
-    engine = Engine.open(folder / "ix", model=str(tiny_dir), device="cpu", create=True)
+    index = tmp_path_factory.mktemp("exif-index") / "ix"  # never inside its own source
+    engine = Engine.open(index, model=str(tiny_dir), device="cpu", create=True)
     engine.ingest([folder], progress=False)
     yield engine, path
     engine.close()

@@ -41,7 +41,9 @@ def test_the_engine_takes_a_model_choice_or_its_options_not_both(tmp_path):
     choice = ModelChoice("some/model", device="cpu", batch_size=4)
     with Engine.open(tmp_path / "ix", create=True, choice=choice) as engine:
         assert engine.choice == choice
-    with Engine.open(tmp_path / "ix", model="some/model", device="cpu", batch_size=4) as engine:
+    assert not (tmp_path / "ix").exists()  # nothing committed: the new index is not kept
+    options = {"model": "some/model", "device": "cpu", "batch_size": 4}
+    with Engine.open(tmp_path / "ix", create=True, **options) as engine:
         assert engine.choice == choice
     with pytest.raises(InputError, match="not both"):
         Engine.open(tmp_path / "ix", choice=choice, device="cpu")

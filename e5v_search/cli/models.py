@@ -71,7 +71,7 @@ def check(as_json, choice):
 
     from ..model.check import run_check
 
-    report = run_check(choice)
+    report = run_check(choice.for_index(None))
     if as_json:
         click.echo(json.dumps({**asdict(report), "rule": report.rule, "ok": not report.failures}))
     else:

@@ -30,11 +30,12 @@ def model_options(command):
         click.option(
             "--model",
             envvar="E5V_MODEL",
-            default=DEFAULT_MODEL,
-            show_default=True,
-            help="Hub id or local directory of the E5-V checkpoint [env: E5V_MODEL].",
+            help="Hub id or local directory of the E5-V checkpoint [the one the index records "
+            f"(its revision and precision too), else {DEFAULT_MODEL}; env: E5V_MODEL].",
         ),
-        click.option("--revision", envvar="E5V_REVISION", help="Hub revision (commit or tag)."),
+        click.option(
+            "--revision", envvar="E5V_REVISION", help="Hub revision (commit or tag) [the index's]."
+        ),
         click.option(
             "--device",
             envvar="E5V_DEVICE",
@@ -46,7 +47,8 @@ def model_options(command):
             "--dtype",
             envvar="E5V_DTYPE",
             type=click.Choice(["float16", "bfloat16", "float32"]),
-            help="Default: float16 on a GPU, float32 on a CPU [env: E5V_DTYPE].",
+            help="Default: the index's; for a new index float16 on a GPU, float32 on a CPU "
+            "[env: E5V_DTYPE].",
         ),
         click.option(
             "--quantize",
@@ -79,7 +81,8 @@ def index_option(command):
         envvar="E5V_SEARCH_INDEX",
         default="default",
         show_default=True,
-        help="Index directory, or a name for indexes/NAME [env: E5V_SEARCH_INDEX].",
+        help="A name, kept in the index home ($E5V_INDEX_HOME, else e5v-search/indexes in the "
+        "user data folder), or a directory path such as ./ix [env: E5V_SEARCH_INDEX].",
     )(command)
 
 
@@ -106,8 +109,9 @@ def open_engine(index, create=False, choice=None, encoder=None):
     from ..engine import Engine
 
     meta = click.get_current_context().meta
+    path = index_path(index, notify=lambda line: click.echo(f"note: {line}", err=True))
     return Engine.open(
-        index_path(index),
+        path,
         create=create,
         lock_timeout=meta.get("lock_timeout"),
         on_wait=lambda message: click.echo(f"{message} ...", err=True),

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..config import HYBRID_WEIGHT, MAX_ID, MAX_K, RRF_K, SEARCH_MODES
+from ..config import HYBRID_WEIGHT, MAX_K, RRF_K, SEARCH_MODES
 from ..filters import parse_filters
 from . import cli
 from .options import (
@@ -14,6 +14,7 @@ from .options import (
     echo_notices,
     errors_to_click,
     index_option,
+    lock_option,
     model_options,
     open_engine,
 )
@@ -28,7 +29,12 @@ from .options import (
     help="Query image (with QUERY: E5-V's composed image+text query). Alone it finds texts "
     "unless --type says otherwise; `--type image` for photos like it.",
 )
-@click.option("--like", type=click.IntRange(1, MAX_ID), help="Id of a stored item: more like it.")
+@click.option(
+    "--like",
+    metavar="ID|KEY",
+    help="A stored item, by its id or by its record's key (the --id-field value; id=KEY for "
+    "a key that is a number): more like it.",
+)
 @click.option(
     "--type",
     "modality",
@@ -73,11 +79,29 @@ from .options import (
     help="Hybrid: reciprocal rank fusion's k.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result line.")
+@click.option(
+    "--paths",
+    is_flag=True,
+    help="Only the file of each image result, one a line (for xargs); texts are left out.",
+)
 @index_option
 @model_options
 @errors_to_click
 def search(
-    query, image, like, modality, k, where, meta, add, subtract, as_json, index, choice, **ranking
+    query,
+    image,
+    like,
+    modality,
+    k,
+    where,
+    meta,
+    add,
+    subtract,
+    as_json,
+    paths,
+    index,
+    choice,
+    **ranking,
 ):
     """Find the items nearest a text QUERY, an --image, both, or a stored item (--like).
 
@@ -88,10 +112,13 @@ def search(
       e5v-search search "a horse" --add "stripes" --subtract "black and white"
       e5v-search search "XK-2291-B" --mode keyword
       e5v-search search "invoice from Lindqvist" --mode hybrid --type text --min-score 0.5
+      e5v-search search "a cat" --paths | xargs -d '\\n' feh
     """
     filters = parse_filters(meta)
     if where and filters:
         raise click.UsageError("use --where or --meta, not both")
+    if as_json and paths:
+        raise click.UsageError("use --json or --paths, not both")
     with open_engine(index, choice=choice) as engine:
         results = engine.search(
             query,
@@ -105,16 +132,38 @@ def search(
             **ranking,
         )
         echo_notices(engine)
-    for rank, result in enumerate(results, start=1):
-        if as_json:
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-        else:
-            click.echo(f"{rank:>3}  {result.score:.4f}  {result.modality:<5}  {describe(result)}")
     if results.cut:
         threshold = ranking["min_score"]
         click.echo(f"cut: {results.cut} of the best {k} scored below {threshold}", err=True)
-    if not results and not as_json:
+    if paths:
+        _echo_paths(results)
+        return
+    if as_json:
+        for result in results:
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    elif results:
+        width = max(2, *(len(str(result.id)) for result in results))
+        click.echo(f"{'#':>3}  {'score':>7}  {'type':<5}  {'id':>{width}}  item")
+        for rank, result in enumerate(results, start=1):
+            click.echo(
+                f"{rank:>3}  {result.score:>7.4f}  {result.modality:<5}  "
+                f"{result.id:>{width}}  {describe(result)}"
+            )
+    else:
         click.echo("no results", err=True)
+
+
+def _echo_paths(results) -> None:
+    """Each image result's file, one a line; a text has no file of its own (its source is the
+    .jsonl or .csv that holds it), so texts are left out, and stderr says how many."""
+    for result in results:
+        if result.modality == "image":
+            click.echo(result.source)
+    texts = sum(result.modality != "image" for result in results)
+    if texts:
+        click.echo(
+            f"{texts} text results left out (they are not files: --json shows them)", err=True
+        )
 
 
 @cli.command()
@@ -129,41 +178,63 @@ def info(index, as_json):
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    from ..spec import precision
-
-    spec = data["spec"] or {}
     click.echo(f"index:   {data['path']}")
-    click.echo(f"items:   {data['counts']['image']} images, {data['counts']['text']} texts")
-    details = ", ".join(f"{k} {spec.get(k)}" for k in ("revision", "dim", "prompt_version"))
-    click.echo(f"model:   {spec.get('model')} ({details}, vectors in {precision(spec)})")
+    click.echo(f"items:   {data['counts']['image']:,} images, {data['counts']['text']:,} texts")
+    click.echo(f"model:   {_model_line(data['spec'])}")
+    for line in data["model_repairs"]:
+        click.echo(f"         the checkpoint was repaired on loading: {line}")
     for modality, entry in data["indexes"].items():
-        settings = {k: v for k, v in entry.items() if k in ("nprobe", "ef_search")}
-        extra = f" {settings}" if settings else ""
+        settings = [f"{k} {entry[k]}" for k in ("nprobe", "ef_search") if k in entry]
+        extra = f", {', '.join(settings)}" if settings else ""
         where = " on disk" if entry["on_disk"] else ""
         parts = f"{entry['segments']} segments + {entry['delta']} in the delta"
         click.echo(
-            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']} vectors "
+            f"{modality + ':':<8} {entry['factory']}{where}, {entry['vectors']:,} vectors "
             f"({parts}), {entry['bytes'] / 2**20:.1f} MiB{extra}"
         )
     for modality, problem in data["damaged"].items():
         click.echo(f"{modality + ':':<8} DAMAGED: {problem}")
     for modality, ids in data["skipped_rows"].items():
-        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {ids[:5]})")
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        click.echo(f"{modality + ':':<8} {len(ids)} damaged rows not indexed (ids {shown})")
     if data["unsaved_changes"] > 0:
         click.echo(
             f"files:   {data['unsaved_changes']} committed changes not saved in them yet (an "
             "ingest running, or one that stopped: the next write saves them)"
         )
-    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {data['errors']} ingest errors")
+    errors = (
+        f"{data['errors']} ingest errors (`e5v-search errors`)"
+        if data["errors"]
+        else "no ingest errors"
+    )
+    click.echo(f"catalog: {data['catalog_bytes'] / 2**20:.1f} MiB, {errors}")
+
+
+def _model_line(spec: dict | None) -> str:
+    """The model an index's vectors were made with, as a person reads it."""
+    from ..spec import precision
+
+    if not spec:
+        return "none yet (the first ingest records the model it embeds with)"
+    revision = f" at revision {spec['revision']}" if spec.get("revision") else ""
+    return (
+        f"{spec['model']}{revision}: {spec['dim']:,}-d vectors in {precision(spec)}, "
+        f"prompts {spec['prompt_version']} (search, serve and ingest use it unless --model)"
+    )
 
 
 @cli.command()
 @index_option
+@lock_option
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--clear", is_flag=True, help="Forget them all (the next ingest finds what remains).")
 @errors_to_click
-def errors(index, as_json):
-    """Inputs that could not be ingested, and why."""
+def errors(index, as_json, clear):
+    """Inputs that could not be ingested, and why (files deleted since are left out)."""
     with open_engine(index) as engine:
+        if clear:
+            click.echo(f"cleared {engine.clear_errors()} recorded errors", err=True)
+            return
         rows = engine.errors()
     for row in rows:
         if as_json:

@@ -17,9 +17,9 @@ from .options import echo_notices, errors_to_click, model_options, open_engine
     envvar="E5V_SEARCH_INDEX",
     default=("default",),
     show_default=True,
-    help="Index directory, or a name for indexes/NAME [env: E5V_SEARCH_INDEX]. Repeatable, "
-    "one model for all: the first is the page's and /api's; clip-retrieval's clients pick any "
-    "by its folder's name (indice_name).",
+    help="A name in the index home, or a directory path such as ./ix [env: E5V_SEARCH_INDEX]. "
+    "Repeatable, one model for all: the first is the page's and /api's; clip-retrieval's "
+    "clients pick any by its folder's name (indice_name).",
 )
 @click.option(
     "--host",

@@ -34,6 +34,20 @@ from .options import (
     help="Read the photo metadata (EXIF, GPS, IPTC, XMP) of unchanged image files again; "
     "nothing is embedded again.",
 )
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out paths this matches, whole or by a folder or file name: 'thumbs', "
+    "'*.tmp.jpg' (repeatable).",
+)
+@click.option(
+    "--stdin-format",
+    type=click.Choice(["txt", "jsonl", "csv", "tsv"]),
+    default="txt",
+    show_default=True,
+    help="How `-` reads standard input: one text a line, or records.",
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [up to 8].")
 @click.option(
     "--max-pixels",
@@ -71,6 +85,8 @@ def ingest(
     id_field,
     prune,
     refresh_metadata,
+    exclude,
+    stdin_format,
     workers,
     max_pixels,
     max_memory,
@@ -81,15 +97,19 @@ def ingest(
     ray_actors,
     choice,
 ):
-    """Embed image folders, globs and text files (.txt, .jsonl, .csv) into an index.
+    """Embed image folders, globs and text files (.txt, .jsonl, .csv, .tsv) into an index;
+    `-` reads standard input (see --stdin-format).
 
-    Reruns embed only what is new or changed; a killed run continues where it stopped. Each
-    input that cannot be used is named on stderr, recorded (see `errors`) and skipped; the exit
-    status is then 3.
+    Reruns embed only what is new or changed; a killed run continues where it stopped. A
+    source that does not exist stops the run before it starts (exit 2). Each input inside a run
+    that cannot be used is named on stderr, recorded (see `errors`) and skipped; the exit
+    status is then 3. Index folders inside a source are never read.
 
     \b
-    Example:
+    Examples:
       e5v-search ingest ~/photos captions.jsonl --index photos
+      e5v-search ingest ~/photos --exclude thumbs --exclude '*.tmp.jpg'
+      grep -h cat notes/*.txt | e5v-search ingest - --index notes
     """
 
     def report_error(error):
@@ -111,6 +131,8 @@ def ingest(
             text_field=text_field,
             id_field=id_field,
             prune=prune,
+            exclude=exclude,
+            stdin_format=stdin_format,
             workers=workers,
             max_pixels=max_pixels,
             on_error=report_error,

@@ -90,10 +90,19 @@ class Ingestion:
         self.progress = progress
         self._pending: set[tuple[str, str | None]] = set()  # content to be embedded this run
 
-    def run(self, sources, *, text_field=None, id_field=None, prune=False) -> None:
+    def run(
+        self,
+        sources,
+        *,
+        text_field=None,
+        id_field=None,
+        prune=False,
+        exclude=(),
+        stdin_format="txt",
+    ) -> None:
         from tqdm.auto import tqdm
 
-        entries = list(scan(sources, text_field, id_field))
+        entries = list(scan(sources, text_field, id_field, exclude, stdin_format))
         seen: set[tuple[str, str]] = set()
         chunks = [entries[i : i + CHUNK] for i in range(0, len(entries), CHUNK)]
         # progress None: a bar on a terminal only (tqdm's disable=None); True: always; False: never

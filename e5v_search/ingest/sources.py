@@ -15,20 +15,28 @@ hashed, stored and printed.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import MAX_JSON_DEPTH
-from ..errors import NotRegularFileError
+from ..errors import InputError, NotRegularFileError
 from ..files import check_regular
 from ..images import IMAGE_EXTENSIONS
 from ..records import SourceError, encodable, printable, read_lines, read_records
 
-TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv")
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv", ".tsv")
+STDIN = "-"  # the source that reads standard input (its items' source: STDIN_SOURCE)
+STDIN_SOURCE = "<stdin>"
+STDIN_FORMATS = ("txt", "jsonl", "csv", "tsv")
+INDEX_MARK = "catalog.sqlite"  # a folder holding one is an index: never scanned
 DEFAULT_TEXT_FIELD = "text"
 _BAD_NAME = "the file name is not valid UTF-8: rename the file to ingest it"
 
@@ -55,25 +63,101 @@ def text_hash(text: str) -> str:
 
 
 def scan(
-    sources, text_field: str | None = None, id_field: str | None = None
+    sources,
+    text_field: str | None = None,
+    id_field: str | None = None,
+    exclude=(),
+    stdin_format: str = "txt",
 ) -> Iterator[SourceItem | SourceError]:
-    """Items and errors from folders (images, recursively), globs and files, in order."""
+    """Items and errors from folders (images, recursively), globs and files, in order; `-`
+    reads standard input as `stdin_format`. A path that an `exclude` glob matches (its full
+    path, or any one of its folder or file names) is left out, and so is every index folder."""
+    excluded = _excluder(exclude)
     for source in sources:
         source = str(source)
-        if os.path.isdir(source):
-            for path in _walk_images(source):
+        if source == STDIN:
+            yield from _stdin(stdin_format, text_field, id_field)
+        elif os.path.isdir(source):
+            for path in _walk_images(source, excluded):
                 yield _image(path)
         elif os.path.exists(source):  # a file, or a fifo or device that _file names
-            yield from _file(source, text_field, id_field)
+            if not excluded(source):
+                yield from _file(source, text_field, id_field)
         elif glob.has_magic(source):
             matches = sorted(glob.glob(os.path.expanduser(source), recursive=True))
             files = [m for m in matches if _not_folder(m) and not _hidden(m)]
+            files = [m for m in files if not excluded(m) and not _in_index(m)]
             if not files:
                 yield SourceError(source, "", "the pattern matches no file")
             for path in files:
                 yield from _file(path, text_field, id_field)
         else:
             yield SourceError(source, "", "no such file, folder or pattern")
+
+
+def check_sources(sources, index: Path) -> list[str]:
+    """The sources as `scan` takes them, `~` expanded; InputError for one that does not exist
+    (a glob may match nothing yet: that is the run's error, recorded) and for a folder that
+    holds the index itself, whose files it would take in."""
+    index = Path(index).resolve()
+    checked = []
+    for source in sources:
+        text = str(source) if str(source) == STDIN else os.path.expanduser(str(source))
+        if text != STDIN and not os.path.lexists(text) and not glob.has_magic(text):
+            raise InputError(
+                f"{printable(str(source))}: no such file, folder or pattern. Sources are image "
+                f"folders, globs, images and text files ({', '.join(TEXT_EXTENSIONS)}), or - "
+                "for standard input"
+            )
+        if os.path.isdir(text):
+            folder = Path(text).resolve()
+            if folder == index or folder in index.parents:
+                raise InputError(
+                    f"the index {index} is inside the source {printable(text)}, which would "
+                    "take in its files: keep the index elsewhere (--index NAME keeps it in "
+                    "the index home)"
+                )
+        checked.append(text)
+    if checked.count(STDIN) > 1:
+        raise InputError("standard input (-) can be read once: give - once")
+    return checked
+
+
+def _excluder(patterns):
+    patterns = [str(p) for p in patterns]
+
+    def excluded(path: str) -> bool:
+        if not patterns:
+            return False
+        parts = Path(path).parts
+        full = os.path.abspath(path)
+        return any(
+            fnmatch.fnmatch(full, p) or any(fnmatch.fnmatch(x, p) for x in parts) for p in patterns
+        )
+
+    return excluded
+
+
+def _in_index(path: str) -> bool:
+    return any((folder / INDEX_MARK).exists() for folder in Path(os.path.abspath(path)).parents)
+
+
+def _stdin(fmt: str, text_field, id_field) -> Iterator[SourceItem | SourceError]:
+    """Standard input read as a file of `fmt` (spooled to a temporary file, so that the same
+    bounded readers read it), its items' source STDIN_SOURCE. Each is known by its --id-field
+    key, else by its text (a line number would make the next pipe overwrite this one's): the
+    same lines piped again add nothing, other lines add to them."""
+    if fmt not in STDIN_FORMATS:
+        raise InputError(f"stdin format {fmt!r}: use one of {', '.join(STDIN_FORMATS)}")
+    with tempfile.TemporaryDirectory(prefix="e5v-stdin-") as folder:
+        spooled = os.path.join(folder, f"stdin.{fmt}")
+        with open(spooled, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        for entry in _texts(spooled, f".{fmt}", text_field, id_field):
+            entry.source = STDIN_SOURCE
+            if isinstance(entry, SourceItem) and not id_field:
+                entry.locator = f"text {text_hash(entry.text)[:16]}"
+            yield entry
 
 
 def scope_of(sources) -> list[str]:
@@ -99,20 +183,23 @@ def _hidden(path: str) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in Path(path).parts)
 
 
-def _walk_images(root: str) -> Iterator[str]:
-    """Image files under `root`, sorted, hidden files and folders skipped. Symbolic links are
-    followed once: a folder already visited (a link loop) is not entered again."""
+def _walk_images(root: str, excluded) -> Iterator[str]:
+    """Image files under `root`, sorted, hidden files and folders skipped, and index folders
+    (their thumbnails) and what `excluded` says. Symbolic links are followed once: a folder
+    already visited (a link loop) is not entered again."""
     seen = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         stat = os.stat(folder)
-        if (stat.st_dev, stat.st_ino) in seen:
+        if (stat.st_dev, stat.st_ino) in seen or INDEX_MARK in files or excluded(folder):
             dirs[:] = []
             continue
         seen.add((stat.st_dev, stat.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
+            path = os.path.join(folder, name)
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                yield os.path.join(folder, name)
+                if not excluded(path):
+                    yield path
 
 
 def _image(path: str) -> SourceItem | SourceError:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from ..config import DEFAULT_MODEL, MAX_BATCH_TOKENS
 from ..errors import InputError, ModelLoadError
 from ..spec import Spec
 from . import checkpoint, prompts
+from .hub import hub_options
 
 if TYPE_CHECKING:
     from .encoder import E5VEncoder
@@ -44,7 +45,7 @@ class ModelChoice:
     """Which checkpoint to load and how: what the CLI's model options make, the engine holds,
     `check` loads and a Ray actor loads itself (the driver never loads the weights)."""
 
-    model: str = DEFAULT_MODEL  # hub id or local directory
+    model: str | None = None  # hub id or local directory; None: the index's, else DEFAULT_MODEL
     revision: str | None = None
     device: str | None = "auto"
     dtype: Any = None  # float16, bfloat16, float32 (or a torch dtype); None: the device's default
@@ -52,11 +53,37 @@ class ModelChoice:
     max_batch_tokens: int = MAX_BATCH_TOKENS
     quantize: str | None = None  # int8 or nf4: the language model's linear layers
 
+    def for_index(self, stored: dict | None) -> ModelChoice:
+        """This choice with the model filled in: given, it stays; else the one an index's
+        spec (`stored`) records, with its revision, dtype and quantization unless those are
+        given; else DEFAULT_MODEL."""
+        if self.model is not None:
+            return self
+        if not stored or not stored.get("model"):
+            return replace(self, model=DEFAULT_MODEL)
+        return replace(
+            self,
+            model=str(stored["model"]),
+            revision=self.revision or stored.get("revision"),
+            dtype=self.dtype or stored.get("dtype"),
+            quantize=self.quantize or stored.get("quantization"),
+        )
+
+    def gone(self) -> str | None:
+        """What to say when the model is a local directory that no longer exists."""
+        model = str(self.model)
+        if _looks_local(model) and not Path(model).expanduser().is_dir():
+            return (
+                f"this index was built with {model}, which no longer exists; pass --model (the "
+                "same checkpoint from where it is now)"
+            )
+        return None
+
     def load(self) -> E5VEncoder:
         from .encoder import E5VEncoder
 
         return E5VEncoder.from_pretrained(
-            self.model,
+            self.model or DEFAULT_MODEL,
             self.revision,
             self.device,
             self.dtype,
@@ -67,7 +94,13 @@ class ModelChoice:
 
     def spec_on(self, device: str) -> Spec:
         """The spec an encoder loaded on `device` would report, from the config alone."""
-        return spec_from_config(self.model, self.revision, device, self.dtype, self.quantize)
+        model = self.model or DEFAULT_MODEL
+        return spec_from_config(model, self.revision, device, self.dtype, self.quantize)
+
+
+def _looks_local(model: str) -> bool:
+    """A directory, not a hub id (`owner/name`): absolute, ~ or . first, or more than one /."""
+    return model.startswith(("/", "~", ".")) or model.count("/") > 1 or "\\" in model
 
 
 def resolve_device(device: str | None) -> str:
@@ -169,7 +202,9 @@ def spec_from_config(model: str, revision=None, device="cpu", dtype=None, quanti
     """The spec an encoder would report, read from the checkpoint's config alone."""
     from transformers import LlavaNextConfig
 
-    config = LlavaNextConfig.from_pretrained(model, revision=revision)
+    config = LlavaNextConfig.from_pretrained(
+        model, revision=revision, **hub_options(model, revision)
+    )
     device = resolve_device(device)
     torch_dtype = choose_dtype(dtype, device, quantize, config)
     revision = revision or getattr(config, "_commit_hash", None)
@@ -218,8 +253,9 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False,
     )
 
     device = resolve_device(device)
+    hub = hub_options(model, revision)
     needs_config = dtype is None and device == "cpu" and not quantize
-    config = _config_or_none(model, revision) if needs_config else None
+    config = _config_or_none(model, revision, hub) if needs_config else None
     torch_dtype = choose_dtype(dtype, device, quantize, config, log_as=model)
     options = {}
     if quantize:
@@ -228,7 +264,9 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False,
     try:
         # The PIL image backend everywhere: a GPU box with torchvision then preprocesses
         # exactly like a laptop without (and anyres.py makes both E5-V's own pixels).
-        processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
+        processor = LlavaNextProcessor.from_pretrained(
+            model, revision=revision, backend="pil", **hub
+        )
         # Loading straight onto the GPU (device_map) spares 16 GB of host memory for 8B;
         # bitsandbytes quantizes while placing, so it always takes one.
         placement = {} if device == "cpu" and not quantize else {"device_map": device}
@@ -240,6 +278,7 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False,
                 output_loading_info=True,
                 **placement,
                 **options,
+                **hub,
             )
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -259,11 +298,11 @@ def load_pretrained(model, revision=None, device="auto", dtype=None, full=False,
     return net.eval(), processor, revision or getattr(net.config, "_commit_hash", None)
 
 
-def _config_or_none(model, revision):
+def _config_or_none(model, revision, hub):
     from transformers import LlavaNextConfig
 
     try:
-        return LlavaNextConfig.from_pretrained(model, revision=revision)
+        return LlavaNextConfig.from_pretrained(model, revision=revision, **hub)
     except (OSError, ValueError):
         return None  # from_pretrained names the problem when the weights load
 

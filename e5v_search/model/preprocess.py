@@ -13,6 +13,7 @@ from typing import Any
 from ..config import MAX_PIXELS
 from ..images import load_image
 from . import checkpoint, prompts
+from .hub import hub_options
 
 
 @dataclass
@@ -42,8 +43,11 @@ class Preprocessor:
     def from_pretrained(cls, model: str, revision: str | None = None) -> Preprocessor:
         from transformers import LlavaNextConfig, LlavaNextProcessor
 
-        processor = LlavaNextProcessor.from_pretrained(model, revision=revision, backend="pil")
-        return cls(processor, LlavaNextConfig.from_pretrained(model, revision=revision))
+        hub = hub_options(model, revision)
+        processor = LlavaNextProcessor.from_pretrained(
+            model, revision=revision, backend="pil", **hub
+        )
+        return cls(processor, LlavaNextConfig.from_pretrained(model, revision=revision, **hub))
 
     def count_image_tokens(self, sizes: list[tuple[int, int]]) -> list[int]:
         """Image placeholder tokens for images of these (height, width), without any pixels."""

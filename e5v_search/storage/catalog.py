@@ -112,6 +112,11 @@ class Catalog(CatalogReads, Closing):
             with transaction(self.conn):
                 self._set_meta("index_shape", shape)
 
+    def record_model_repairs(self, repairs: list[str]) -> None:
+        if list(repairs) != self.model_repairs():
+            with transaction(self.conn):
+                self._set_meta("model_repairs", list(repairs))
+
     def remember(self) -> None:
         commits.remember(self.path.parent, **self.state())
 

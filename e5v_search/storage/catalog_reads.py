@@ -64,6 +64,10 @@ class CatalogReads:
         """Losses found and not yet acknowledged (commits.py), oldest first."""
         return self._meta("lost", [])
 
+    def model_repairs(self) -> list[str]:
+        """What loading the index's model repaired in its checkpoint, recorded by an ingest."""
+        return self._meta("model_repairs", [])
+
     def shape(self) -> dict:
         """Each modality's index type as the last save left it (store.py), kept here too: the
         catalog survives a damaged manifest."""

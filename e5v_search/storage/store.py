@@ -12,7 +12,9 @@ outermost block ends. Opening writes nothing; `refresh()` follows what writers c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..closing import Closing
 from ..config import HYBRID_WEIGHT, RRF_K
-from ..errors import IndexDamagedError, IndexNotFoundError, InputError
+from ..errors import IndexBusyError, IndexDamagedError, IndexNotFoundError, InputError
 from ..spec import Spec
 from . import faiss_ops as fx
 from . import loading, rebuild, segments
@@ -41,6 +43,26 @@ CATALOG = "catalog.sqlite"
 log = logging.getLogger(__name__)
 
 
+def _refuse_foreign(path: Path) -> Path | None:
+    """Before an index is made at `path`: refuse a file, or a folder with files in it that is
+    not an index (a photo folder); return the first folder that will be made (None: it exists),
+    which closing removes again when nothing was committed."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not an index directory: give a folder or a name")
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise InputError(
+                f"{path} is a folder with files in it but not an index: an index is made only "
+                "in a new or empty folder. Give a name (--index NAME, kept in the index home) "
+                "or another folder"
+            )
+        return None
+    first = path
+    while not first.parent.exists() and first.parent != first:
+        first = first.parent
+    return first
+
+
 class Store(Closing):
     def __init__(self, path: Path, catalog: Catalog, opened: loading.Opened):
         self.path = path
@@ -52,6 +74,7 @@ class Store(Closing):
         self._writing = 0  # depth of nested writing() blocks
         self._state = threading.RLock()  # searches vs a refresh, in a threaded server
         self._need = 0  # bytes the write in progress needs (a full disk's message)
+        self.created: Path | None = None  # the first folder this open made, until a commit
 
     def _take(self, opened: loading.Opened) -> None:
         self.manifest = opened.manifest
@@ -74,18 +97,47 @@ class Store(Closing):
                 f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
                 f"{path}` (or Store.open(path, create=True))"
             )
+        created = None if exists else _refuse_foreign(path)
         try:
             catalog = loading.open_catalog(path, exists, lock_timeout, on_wait)
             store = cls(path, catalog, loading.open_indexes(path, catalog))
         except sqlite3.DatabaseError as error:
             raise IndexDamagedError(catalog_damage(path / CATALOG, error)) from error
         store.lock_timeout, store.on_wait = lock_timeout, on_wait
+        store.created = created
         for line in store.repairs:
             log.warning("%s: %s", path, line)
         return store
 
     def close(self) -> None:
-        self.catalog.close()
+        """Close the catalog; an index this open created and nothing was committed to (a first
+        ingest that failed or found nothing) is removed with the folders made for it."""
+        try:
+            if self.created is not None and self.path.is_dir():
+                with contextlib.suppress(IndexBusyError):  # another process is writing it
+                    with WriterLock(self.path, "removal", 0):
+                        if self._nothing_committed():
+                            self.catalog.close()
+                            self._remove_created()
+            self.created = None
+        finally:
+            self.catalog.close()
+
+    def _nothing_committed(self) -> bool:
+        """No item, no error, no commit, and no folder made inside (an evaluation's gallery)."""
+        catalog = self.catalog
+        if catalog.seq or catalog.count() or catalog.errors():
+            return False
+        return not any(entry.is_dir() for entry in self.path.iterdir())
+
+    def _remove_created(self) -> None:
+        """This index's folder, then the folders made for it while they are empty."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        folder = self.path
+        while folder != self.created and self.created in folder.parents:
+            folder = folder.parent
+            with contextlib.suppress(OSError):  # another index appeared beside it
+                folder.rmdir()
 
     @property
     def factory(self) -> str:
@@ -337,6 +389,7 @@ class Store(Closing):
             "generation": self.save_id,  # of the files in use (changes at every save)
             "covered_seq": self.covered,  # the catalog changes they reflect, in memory
             "spec": self.catalog.spec(),
+            "model_repairs": self.catalog.model_repairs(),
             "counts": {m: self.catalog.count(m) for m in MODALITIES},
             "factory": self.factory,
             "indexes": {
