@@ -430,9 +430,10 @@ class Engine(Closing):
         """The item a `like` names: an item id (a whole number), or the key of a record, the
         value of the --id-field its id came from (`KEY` or `id=KEY`; `id=42` for a key that is
         a number). A key that no item, or more than one, has is an InputError."""
-        if isinstance(value, int) or str(value).strip().isdigit():
+        text = str(value).strip()
+        if isinstance(value, int) or text.lstrip("+-").isdigit():  # a number: an id (in range)
             return _item_id(value)
-        key = str(value).strip().removeprefix("id=")
+        key = text.removeprefix("id=")
         if not key:
             raise InputError("like: give an item id or a record's key")
         ids = self.store.catalog.ids(where="locator = ?", params=(f"id={key}",)).tolist()

@@ -22,8 +22,15 @@ HUB_PROBE_SECONDS = 3.0
 def hub_options(model: str, revision: str | None = None) -> dict:
     """The from_pretrained options for `model`: {} to ask the hub, {"local_files_only": True}
     to read the cache alone; ModelLoadError when neither can give it."""
-    if Path(str(model)).expanduser().is_dir():
+    path = Path(str(model)).expanduser()
+    if path.is_dir():
         return {}
+    if str(model).startswith(("/", ".", "~")) or path.exists():  # a path, not a hub id
+        raise ModelLoadError(
+            f"cannot load an E5-V model from {model!r}: no such directory. Give a hub id "
+            "(royokong/e5-v) or a local directory with config.json, the weights and the "
+            "processor files"
+        )
     from huggingface_hub import constants
 
     offline = constants.is_offline_mode()
@@ -39,7 +46,7 @@ def hub_options(model: str, revision: str | None = None) -> dict:
     raise ModelLoadError(
         f"cannot load {model!r}: {why}, and it is not in the local cache (HF_HOME). Download it "
         "once where the hub can be reached (`hf download "
-        f"{model}`), or pass --model DIR of a local copy"
+        f"{model}`), or pass --model DIR of a local copy (E5-V is royokong/e5-v)"
     )
 
 
