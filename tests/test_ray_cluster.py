@@ -85,7 +85,9 @@ def test_a_cluster_ingest_survives_its_worker_node_killed(tmp_path, tiny_dir, cl
     head, env, join = cluster
     worker_port = join()
     corpus = make_sample_corpus(tmp_path / "corpus")
-    sources = [str(corpus["images"]), str(corpus["captions"])]
+    notes = tmp_path / "notes.txt"  # chunks enough that the run outlasts its first shard
+    notes.write_text("".join(f"note {i}: a shape of colour {i % 7}\n" for i in range(1500)))
+    sources = [str(corpus["images"]), str(corpus["captions"]), str(notes)]
     env = dict(env, E5V_MODEL=str(tiny_dir), E5V_DEVICE="cpu")
     command = [sys.executable, "-m", "e5v_search.cli", "ingest", *sources, "--quiet"]
     command += ["--ray", "--address", head, "--index", str(tmp_path / "cluster")]
