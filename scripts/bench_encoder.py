@@ -7,6 +7,9 @@
                                                      # bf16 and fp16, several batch sizes
     python scripts/bench_encoder.py --precisions     # fp32, bf16, int8, nf4 side by side (CPU:
                                                      # the tiny models; E5-V's weights computed)
+    python scripts/bench_encoder.py --cpu-full-width # CPU: E5-V's full width, random weights,
+                                                     # 2 LLM + 2 vision layers, per-layer cost
+                                                     # in fp32, bf16, int8; 32 + 24 extrapolated
 
 Reports items/s for texts and images, peak memory, max |diff| between the two paths' vectors,
 and the ratios; `--record` writes the table into docs/benchmarks.md with the machine. Full size:
@@ -393,6 +396,127 @@ def _full_size_rows(args, model, processor, encoder, kind, dtype_name) -> list[s
     return rows
 
 
+# ---- CPU at full width: per-layer cost, extrapolated to 32 + 24 layers -----------------------
+
+CPU_PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+class LayerClock:
+    """Seconds spent inside each group of layers, summed over calls, from forward hooks."""
+
+    def __init__(self, groups: dict):
+        self.seconds = dict.fromkeys(groups, 0.0)
+        self._handles = []
+        for name, layers in groups.items():
+            for layer in layers:
+                self._handles.append(layer.register_forward_pre_hook(self._start))
+                self._handles.append(layer.register_forward_hook(partial(self._stop, name)))
+        self._began = 0.0
+
+    def _start(self, module, args):
+        self._began = time.perf_counter()
+
+    def _stop(self, name, module, args, output):
+        self.seconds[name] += time.perf_counter() - self._began
+
+    def reset(self):
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+def _cpu_model(precision: str, vocab: int):
+    """Full-width E5-V with random weights and 2 + 2 layers; int8 is torch's dynamic int8 of the
+    layers' Linear modules (fp32 activations), built from the fp32 model."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    model = full_size_model("cpu", dtype, layers=2, vocab=vocab)
+    if precision == "int8":
+        for layers in _layer_groups(model).values():
+            torch.ao.quantization.quantize_dynamic(
+                layers, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
+    return model
+
+
+def _layer_groups(model) -> dict:
+    return {
+        "llm": model.model.language_model.layers,
+        "vision": model.model.vision_tower.encoder.layers,
+    }
+
+
+def compare_cpu_full_width(args) -> str:
+    import torch
+
+    from e5v_search.model.prompts import text_prompt
+
+    processor = _real_geometry_processor()
+    text, image = "a red circle on a white table", make_images(1, [(1024, 1024)])[0]
+    text_tokens = len(processor.tokenizer(text_prompt(text)).input_ids)
+    image_tokens = None
+    rows = []
+    for precision in CPU_PRECISIONS:
+        torch.manual_seed(0)
+        model = _cpu_model(precision, len(processor.tokenizer))
+        encoder = E5VEncoder(model, processor, model_id="random-8b-2-layers")
+        image_tokens = encoder.count_image_tokens([image.size])[0]
+        clock = LayerClock(_layer_groups(model))
+        encoder.embed_texts([text], progress=False)  # warm-up: allocator, thread pools
+        for kind, embed, items, repeats in (
+            ("text query", encoder.embed_texts, [text], args.text_repeats),
+            ("1024x1024 image", encoder.embed_images, [image], 1),
+        ):
+            clock.reset()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                embed(items, progress=False)
+            total = (time.perf_counter() - start) / repeats
+            llm, vision = (clock.seconds[g] / repeats / 2 for g in ("llm", "vision"))
+            rest = total - 2 * llm - 2 * vision
+            full = rest + 32 * llm + 24 * vision
+            rows.append(
+                f"| {precision} | {kind} | {llm:.2f} s | "
+                f"{f'{vision:.2f} s' if vision else '-'} | {rest:.2f} s | {total:.2f} s | "
+                f"**{_duration(full)}** |"
+            )
+            print(rows[-1], flush=True)
+        del encoder, clock, model
+    header = (
+        "E5-V's full width on the CPU (Llama-3-8B: hidden 4096, FFN 14336, 32 heads, 8 KV heads, "
+        "vocab 128,256; CLIP ViT-L/14-336: width 1024, FFN 4096, 16 heads) with random weights "
+        "and only 2 language-model layers and 2 vision layers, through `E5VEncoder`. Per-layer "
+        "seconds are timed inside the layers (forward hooks); 'rest' is everything else "
+        "(tokenizing, preprocessing, embeddings, projector, final norm). **The last column "
+        "EXTRAPOLATES**: rest + 32 x LLM layer + 24 x vision layer; it was not run at 32 + 24 "
+        f"layers. Text query: {text_tokens} tokens with E5-V's prompt (the tiny checkpoint's "
+        "byte-level tokenizer: Llama-3's own is not available offline here), mean of "
+        f"{args.text_repeats}. Image: 1024x1024, {image_tokens} "
+        "tokens in the language model, 5 crops x 577 in the vision tower, one run. int8 is "
+        "torch's dynamic int8 of the layers' Linear modules (`torch.ao.quantization."
+        "quantize_dynamic`, fp32 activations); the engine's `--quantize int8` (bitsandbytes "
+        "LLM.int8, applied while loading a checkpoint) was not measured at this width.\n"
+        f"Machine: {machine('cpu')}.\n"
+        f"Command: `{_command()}`\n\n"
+        "| precision | input | per LLM layer | per vision layer | rest | total (2 + 2 layers) | "
+        "32 + 24 layers (extrapolated) |\n|---|---|---|---|---|---|---|"
+    )
+    return header + "\n" + "\n".join(rows)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _real_geometry_processor():
+    from transformers import LlavaNextProcessor
+
+    processor = LlavaNextProcessor.from_pretrained(
+        str(cached_tiny_checkpoint(real_geometry=True, real_vocab=True)), backend="pil"
+    )
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -401,6 +525,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="recipe items per call (CPU)")
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--precisions", action="store_true", help="fp32, bf16, int8, nf4")
+    parser.add_argument(
+        "--cpu-full-width",
+        action="store_true",
+        help="CPU: full width, 2 + 2 layers, per-layer cost, extrapolated to 32 + 24",
+    )
+    parser.add_argument("--text-repeats", type=int, default=5, help="--cpu-full-width")
     parser.add_argument("--layers", type=int, help="full size: fewer layers, for a smoke test")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
@@ -412,6 +542,8 @@ def main() -> None:
     OUT_FILE = args.out
     if args.precisions:
         table, section = compare_precisions(args), f"encoder-precisions-{args.device}"
+    elif args.cpu_full_width:
+        table, section = compare_cpu_full_width(args), "encoder-cpu-full-width"
     elif args.full_size:
         table, section = compare_full_size(args), f"encoder-full-size-{args.device}"
     else:

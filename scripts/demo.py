@@ -32,7 +32,7 @@ def run(*args: str, env: dict) -> None:
 def main() -> None:
     print(
         "A tiny E5-V-shaped model (LLaVA-NeXT, 2-layer Llama + 2-layer CLIP) trained on "
-        "synthetic shapes; the first run trains it (about 3 minutes on 2 cores).",
+        "synthetic shapes; the first run trains it (12-43 minutes measured on 2 busy cores).",
         flush=True,
     )
     model = cached_trained_checkpoint(log=lambda line: print("  training:", line, flush=True))

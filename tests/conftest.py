@@ -35,7 +35,7 @@ def real_geometry_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_dir():
     """The tiny model trained on synthetic shapes (training.py): captions find their pictures.
-    Trained into the user's cache on first use (about 3 minutes), shared with `make demo`."""
+    Trained into the user's cache on first use (12-43 minutes measured), shared with `make demo`."""
     from e5v_search.training import cached_trained_checkpoint
 
     return cached_trained_checkpoint()

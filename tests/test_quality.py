@@ -62,7 +62,7 @@ def test_eval_retrieval_recall_is_far_above_chance(trained_dir, corpus):
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
     rows = {line.split("|")[1].strip(): line.split("|") for line in result.stdout.splitlines()[2:]}
-    # Measured: text->image R@1 91.7; image->text R@1 91.7 (chance: R@1 2.1).
+    # Measured with the cached model: text->image R@1 81.2; image->text 77.1 (chance: 2.1).
     assert float(rows["text->image"][3]) >= 75 and float(rows["text->image"][4]) >= 95
     assert float(rows["image->text"][3]) >= 75
 
