@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -144,3 +145,26 @@ def browser_page():
         )
         yield browser.new_page()
         browser.close()
+
+
+@contextlib.contextmanager
+def on_a_port(app):
+    """`app` on uvicorn in a thread with `serve`'s protocol, on a free port of 127.0.0.1: its
+    base URL; the server stopped and the model thread closed after."""
+    import threading
+    import time
+
+    from e5v_search.serving.listener import listen, make_server
+
+    sockets = listen("127.0.0.1", 0)
+    server = make_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        app.state.worker.close()

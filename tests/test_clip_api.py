@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import sample_engine
+from conftest import on_a_port, sample_engine
 from PIL import Image
 
 from e5v_search.config import DUPLICATE_COSINE
 from e5v_search.engine import Engine
 from e5v_search.serving.app import create_app
-from e5v_search.serving.listener import listen, make_server
+from e5v_search.serving.listener import listen
 from e5v_search.testing import draw_shape
 
 UPLOAD_LIMIT = 200_000
@@ -82,16 +82,8 @@ def backend(engines, front_origin):
     app = create_app(
         first, others=[second], max_upload_bytes=UPLOAD_LIMIT, cors_origins=[front_origin]
     )
-    sockets = listen("127.0.0.1", 0)
-    server = make_server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    app.state.worker.close()
+    with on_a_port(app) as base:
+        yield base
 
 
 def knn(backend, **body):

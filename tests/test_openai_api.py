@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import TEXTS, sample_engine
+from conftest import TEXTS, on_a_port, sample_engine
 from fastapi.testclient import TestClient
 from langchain_openai import OpenAIEmbeddings
 from llama_index.embeddings.openai_like import OpenAILikeEmbedding
@@ -25,7 +25,7 @@ from PIL import Image
 
 from e5v_search.model import prompts
 from e5v_search.serving.app import create_app
-from e5v_search.serving.listener import listen, make_server
+from e5v_search.serving.listener import listen
 
 UPLOAD_LIMIT = 200_000
 FRONT = "https://front.example"
@@ -43,16 +43,8 @@ def served(engine):
     """The app as `serve` makes it by default (no CORS origin, no remote images), on uvicorn
     in a thread with `serve`'s protocol, on a free port of 127.0.0.1."""
     app = create_app(engine[0], max_upload_bytes=UPLOAD_LIMIT)
-    sockets = listen("127.0.0.1", 0)
-    server = make_server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}", app
-    server.should_exit = True
-    thread.join(10)
-    app.state.worker.close()
+    with on_a_port(app) as base:
+        yield base, app
 
 
 @pytest.fixture(scope="module")

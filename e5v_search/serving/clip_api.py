@@ -16,7 +16,6 @@ does). `use_mclip`, `use_safety_model`, `use_violence_detector`, `aesthetic_scor
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import urllib.parse
 from pathlib import Path
@@ -30,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import MAX_ID, MAX_K
 from .indexes import Served, ServedIndex
-from .uploads import decode_image, image_from_url, read_body
+from .uploads import decode_base64, decode_image, image_from_url, read_body
 
 THUMBNAIL = 256  # the size of `url`'s thumbnail: clip-front shows results ~200 px wide
 
@@ -90,9 +89,8 @@ def register(
         if body.text:
             pass  # clip-retrieval's order: a text first
         elif body.image is not None:
-            image = decode_image(
-                _base64(body.image, max_upload_bytes), max_upload_bytes, "the image"
-            )
+            data = decode_base64(body.image, max_upload_bytes, "image")
+            image = decode_image(data, max_upload_bytes, "the image")
         elif body.image_url is not None:
             url, allowed = body.image_url, allow_remote_images
             image = await run_in_threadpool(
@@ -138,8 +136,10 @@ def _knn(body: KnnRequest, index: ServedIndex, image, worker, dim: int):
     results = [group[0] for group in index.search(vector, body.modality, wanted)]
     if body.deduplicate:  # among these results, as clip-retrieval does: a deeper fetch costs
         results = [group[0] for group in index.collapse(results)]
-    shown = index.items([r.id for r in results[: body.num_images]])
-    return results, {row["id"]: row for row in shown}
+    # the results carry what metadata needs; a thumbnail also needs the row's content hash
+    shown = [r.id for r in results[: body.num_images] if r.modality == "image"]
+    rows = index.items(shown) if body.include_image else []
+    return results, {row["id"]: row for row in rows}
 
 
 def _out(answer, body: KnnRequest, index: ServedIndex, indexes: Served, base: str) -> list:
@@ -147,11 +147,10 @@ def _out(answer, body: KnnRequest, index: ServedIndex, indexes: Served, base: st
     out = []
     for n, result in enumerate(results):
         entry = {"id": result.id, "similarity": round(float(result.score), 6)}
-        if n < body.num_images and result.id in rows:
-            row = rows[result.id]
-            entry = {**_metadata(row, index, indexes, base), **entry}
-            if body.include_image and row["modality"] == "image":
-                entry["image"] = _thumbnail_base64(index, row)
+        if n < body.num_images:
+            entry = {**_metadata(result.to_dict(), index, indexes, base), **entry}
+            if result.id in rows:
+                entry["image"] = _thumbnail_base64(index, rows[result.id])
         out.append(entry)
     return out
 
@@ -206,15 +205,6 @@ def _parsed(model: type[BaseModel], value):
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise HTTPException(400, f"{where}: {first['msg']}") from None
-
-
-def _base64(text: str, limit: int) -> bytes:
-    if len(text) // 4 * 3 > limit + 3:  # before decoding: 4 characters of base64 in 3 bytes
-        raise HTTPException(413, f"the image is over {limit // 2**20} MiB")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise HTTPException(400, f"image is not valid base64: {error}") from None
 
 
 def _body_of(model: type[BaseModel]) -> dict:

@@ -125,14 +125,20 @@ def _data_uri(url: str, limit: int) -> bytes:
         raise HTTPException(400, "the data: URI has no comma before its data")
     if not header.lower().endswith(";base64"):
         data = urllib.parse.unquote_to_bytes(payload)
-    elif len(payload) // 4 * 3 > limit + 3:  # before decoding: base64 is 4 characters in 3 bytes
-        raise HTTPException(413, f"the image is over {_size(limit)}")
     else:
-        try:
-            data = base64.b64decode(payload.translate(_WHITESPACE), validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise HTTPException(400, f"the data: URI is not valid base64: {error}") from None
+        data = decode_base64(payload, limit, "the data: URI")
     return data
+
+
+def decode_base64(text: str, limit: int, what: str) -> bytes:
+    """The bytes of base64 `text` (wrapped over lines or not): 413 when they would be over
+    `limit`, told before decoding (4 characters hold 3 bytes); 400 when it is not base64."""
+    if len(text) // 4 * 3 > limit + 3:
+        raise HTTPException(413, f"the image is over {_size(limit)}")
+    try:
+        return base64.b64decode(text.translate(_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise HTTPException(400, f"{what} is not valid base64: {error}") from None
 
 
 def _size(limit: int) -> str:
