@@ -342,3 +342,54 @@ def test_an_item_only_the_words_find_still_gets_its_vector_rank(tmp_path):
     fused = store.search_hybrid(vectors[0], "XK-2291-B", k=2)
     assert _ids(fused) == [301, 1]
     assert fused[0].score == pytest.approx(0.5 + 0.5 * 61 / (60 + 101))
+
+
+def test_the_keyword_side_is_the_items_holding_every_word_when_any_does(tmp_path):
+    """A name: its given name is in thirty notes, the whole name in one. The notes holding
+    only "Åke" are no keyword match while one holds "Åke Lindqvist", so the note the vectors
+    put first (holding "Åke") cannot outrank it by fusion; words that no item holds together
+    still find the items holding any of them."""
+    notes = [f"Invoice from Åke {surname}" for surname in ("Berg", "Holm", "Ek") * 10]
+    notes.append("Invoice from Åke Lindqvist")
+    store = _store(tmp_path / "ix", notes=notes)
+    query = store.catalog.vectors([1])[0]  # the vectors put note 1 (Åke Berg) first
+    assert store.search(query, k=1)[0][0].id == 1
+    assert _ids(store.search_keywords("Åke Lindqvist", k=5)) == [31]
+    assert _ids(store.search_hybrid(query, "ake lindqvist", k=2)) == [31, 1]
+    assert len(store.search_keywords("Åke Nilsson", k=50)) == 31  # no note holds both: any
+    weighted = store.search_hybrid(query, "Åke Lindqvist", k=1, weight=0.9)
+    assert _ids(weighted) == [1]  # a weight toward the vectors still lets them lead
+
+
+@pytest.mark.parametrize("damage", ["a document dropped", "a document changed", "the index"])
+def test_verify_names_a_keyword_index_out_of_step_and_repair_makes_it_anew(tmp_path, damage):
+    path = tmp_path / "ix"
+    _store(path).close()
+    assert Store.open(path).verify()["ok"]
+    conn = sqlite3.connect(path / "catalog.sqlite")  # what no write of the engine does
+    if damage == "a document dropped":
+        conn.execute("DELETE FROM items_fts WHERE rowid = 1")
+    elif damage == "a document changed":
+        conn.execute("UPDATE items_fts SET doc = 'something else' WHERE rowid = 4")
+    else:  # the inverted index's blocks, not the documents
+        conn.execute("UPDATE items_fts_data SET block = zeroblob(length(block)) WHERE id > 10")
+    conn.commit()
+    conn.close()
+    want = {
+        "a document dropped": "1 items without a keyword document",
+        "a document changed": "1 keyword documents that differ from their item's",
+        "the index": "the keyword index is damaged",
+    }[damage]
+    result = CliRunner().invoke(cli, ["verify", "--index", str(path)])
+    assert result.exit_code == 1 and f"DAMAGED: catalog.sqlite: {want}" in result.output
+    repaired = CliRunner().invoke(cli, ["repair", "--index", str(path)])
+    assert repaired.exit_code == 0, repaired.output
+    assert "keyword index: made anew from the items (6 documents)" in repaired.output
+    _in_step(path)
+    with Store.open(path) as store:
+        assert store.verify()["ok"]
+        assert _ids(store.search_keywords("XK-2291-B", k=3)) == [1]
+        assert _ids(store.search_keywords("malmo", k=3)) == [4]
+        new = [{"modality": "text", "source": "/n", "text": "a new XK-2291-B"}]
+        store.add(new, clustered_vectors(1, DIM, seed=9), SPEC)  # the triggers still work
+    _in_step(path)

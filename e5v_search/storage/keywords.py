@@ -10,27 +10,34 @@ folded ("Malmö" finds "malmo") and a code such as `XK-2291-B` becomes the token
 A user's text is never FTS5 syntax: every whitespace-separated word is quoted (a `"` inside
 doubled), so `AND`, `NOT`, `*`, `:` or a stray `"` are words to find, and a word that holds
 punctuation is matched as a phrase (`"XK-2291-B"`: xk, 2291, b in that order, so XK-2291-C is
-not a match). Words are joined by OR: BM25 ranks first the items that hold the most of the
-rarest words, and an item needs only one of them to be a candidate.
+not a match). The matches are the items that hold every word of the query; only when none
+does (within the filters) are they the items that hold any of them, ranked by BM25 (the most of
+the rarest words first). So in a hybrid search an item that holds one common word of a name
+(a given name thirty notes share) gets no keyword rank when one item holds the whole name:
+rank fusion sees ranks, not how much better the whole match is, and would otherwise let the
+vectors' first, holding one word, beat the only item holding them all.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 
 from ..config import HYBRID_CANDIDATES, HYBRID_WEIGHT, RRF_K
 from ..errors import InputError
 from ..filters import one_expression
+from .migrations import KEYWORD_DOCUMENT, KEYWORD_FILL, KEYWORD_TABLE, pending_migrations
 from .search import Hit, search
 
 
-def match_expression(text: str) -> str | None:
-    """The FTS5 query of a user's text: each word quoted, joined by OR (None: no words)."""
+def match_expression(text: str, joiner: str = "OR") -> str | None:
+    """The FTS5 query of a user's text: each word quoted, joined by `joiner` (AND: items
+    holding every word; OR: any of them); None when there are no words."""
     words = ['"' + word.replace('"', '""') + '"' for word in str(text).split()]
-    return " OR ".join(words) or None
+    return f" {joiner} ".join(words) or None
 
 
 def keyword_search(
@@ -38,10 +45,20 @@ def keyword_search(
 ) -> list:
     """The k best items for `text` by BM25 (score: -bm25, so higher is better), of `modality`
     (both if None), among the items `where` (SQL on items) selects and, given, the ids
-    `among`; ties by id. BM25's statistics are the whole index's, whatever is selected."""
+    `among`; ties by id. The items holding every word if any of the selected does, else those
+    holding any word (the module's docstring says why). BM25's statistics are the whole
+    index's, whatever is selected."""
+    if len(str(text).split()) > 1:
+        found = _matching(catalog, match_expression(text, "AND"), k, modality, where, params, among)
+        if found:
+            return found
     expression = match_expression(text)
     if expression is None:
         return []
+    return _matching(catalog, expression, k, modality, where, params, among)
+
+
+def _matching(catalog, expression, k, modality, where, params, among) -> list:
     sql = (
         "SELECT items.id, -bm25(items_fts), items.modality FROM items_fts "
         "JOIN items ON items.id = items_fts.rowid WHERE items_fts MATCH ?"
@@ -105,3 +122,58 @@ def fuse(vector_hits, keyword_hits, k: int, weight: float = HYBRID_WEIGHT, rrf_k
             modality_of[hit.id] = hit.modality
     best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
     return [Hit(i, scores[i], modality_of[i]) for i in best]
+
+
+def keyword_damage(conn, path: Path) -> tuple[list[str], bool]:
+    """What is wrong with the keyword index of the catalog at `path`, read through `conn`, one
+    line each (verify): items it has no document for, documents of no item or that differ from
+    their item's (out of step with the items), and FTS5's own integrity-check of its inverted
+    index against its documents; and whether that check ran. The check is a command written
+    as an INSERT (it changes nothing, but needs a connection that may write: a reader's is
+    read-only), so it runs on a connection of its own, and not on read-only media."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone():
+        if "m006_keywords" in pending_migrations(conn):
+            return [], True  # made before keyword search: its first writer builds it
+        return ["catalog.sqlite: the keyword index (items_fts) is missing"], True
+    document = KEYWORD_DOCUMENT.format(r="items")
+    counts = {
+        "items without a keyword document": (
+            "SELECT count(*) FROM items WHERE id NOT IN (SELECT rowid FROM items_fts)"
+        ),
+        "keyword documents of no item": (
+            "SELECT count(*) FROM items_fts WHERE rowid NOT IN (SELECT id FROM items)"
+        ),
+        "keyword documents that differ from their item's": (
+            "SELECT count(*) FROM items JOIN items_fts ON items_fts.rowid = items.id "
+            f"WHERE items_fts.doc IS NOT ({document})"
+        ),
+    }
+    lines = []
+    try:
+        for what, sql in counts.items():
+            if found := conn.execute(sql).fetchone()[0]:
+                lines.append(f"catalog.sqlite: {found:,} {what}")
+        checker = sqlite3.connect(
+            Path(path).resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None, timeout=60
+        )
+        try:
+            checker.execute("INSERT INTO items_fts (items_fts) VALUES ('integrity-check')")
+        finally:
+            checker.close()
+    except sqlite3.DatabaseError as error:
+        if "readonly" in str(error) or "unable to open" in str(error):
+            return lines, False
+        return [*lines, f"catalog.sqlite: the keyword index is damaged ({error})"], True
+    return lines, True
+
+
+def rebuild_keywords(conn) -> int:
+    """The keyword index made anew from the items, in one transaction (repair): dropped
+    rather than emptied, since a damaged FTS5 index may not even delete. Its triggers are on
+    `items` and stay. Returns the documents written."""
+    from .catalog import transaction
+
+    with transaction(conn):
+        conn.execute("DROP TABLE IF EXISTS items_fts")
+        conn.execute(KEYWORD_TABLE)
+        return conn.execute(KEYWORD_FILL).rowcount

@@ -127,25 +127,35 @@ def m005_checksums(db) -> None:
     )
 
 
+# An item's keyword document, computed in SQL from its row `{r}` (NEW in a trigger): a text's
+# text, an image's file path, the metadata values but not their keys. sqlite-utils'
+# `enable_fts` (columns copied as they are) cannot express it. verify checks the index against
+# it and repair fills the index anew with it (KEYWORD_TABLE, KEYWORD_FILL).
+KEYWORD_DOCUMENT = (
+    "coalesce({r}.text, '') || ' ' || "
+    "CASE {r}.modality WHEN 'image' THEN coalesce({r}.source, '') ELSE '' END || ' ' || "
+    "CASE WHEN json_valid({r}.metadata) THEN coalesce((SELECT group_concat(atom, ' ') "
+    "FROM json_tree({r}.metadata) WHERE type IN ('text', 'integer', 'real')), '') "
+    "ELSE '' END"
+)
+KEYWORD_TABLE = (
+    "CREATE VIRTUAL TABLE items_fts USING fts5(doc, tokenize = 'unicode61 remove_diacritics 2')"
+)
+KEYWORD_FILL = (
+    f"INSERT INTO items_fts (rowid, doc) SELECT id, {KEYWORD_DOCUMENT.format(r='items')} FROM items"
+)
+
+
 @catalog_migrations()
 def m006_keywords(db) -> None:
-    """The keyword index (FTS5, storage/keywords.py): one document per item, kept in step by
-    triggers in the transaction of every write to `items`, so no crash can leave the two apart;
-    filled here from the items a catalog already holds. The document is computed in SQL (a
-    text's text, an image's file path, the metadata values but not their keys), which
-    sqlite-utils' `enable_fts` (columns copied as they are) cannot express. The FTS table keeps
-    its own copy of each document, so a delete never has to reproduce what was indexed."""
-    document = (
-        "coalesce({r}.text, '') || ' ' || "
-        "CASE {r}.modality WHEN 'image' THEN coalesce({r}.source, '') ELSE '' END || ' ' || "
-        "CASE WHEN json_valid({r}.metadata) THEN coalesce((SELECT group_concat(atom, ' ') "
-        "FROM json_tree({r}.metadata) WHERE type IN ('text', 'integer', 'real')), '') "
-        "ELSE '' END"
-    )
-    new = document.format(r="NEW")
+    """The keyword index (FTS5, storage/keywords.py): one document per item
+    (KEYWORD_DOCUMENT), kept in step by triggers in the transaction of every write to `items`,
+    so no crash can leave the two apart; filled here from the items a catalog already holds.
+    The FTS table keeps its own copy of each document, so a delete never has to reproduce what
+    was indexed."""
+    new = KEYWORD_DOCUMENT.format(r="NEW")
     for statement in (
-        "CREATE VIRTUAL TABLE items_fts USING fts5(doc, "
-        "tokenize = 'unicode61 remove_diacritics 2')",
+        KEYWORD_TABLE,
         "CREATE TRIGGER items_fts_added AFTER INSERT ON items BEGIN "
         f"INSERT INTO items_fts (rowid, doc) VALUES (NEW.id, {new}); END",
         "CREATE TRIGGER items_fts_removed AFTER DELETE ON items BEGIN "
@@ -153,7 +163,7 @@ def m006_keywords(db) -> None:
         "CREATE TRIGGER items_fts_changed AFTER UPDATE OF modality, source, text, metadata "
         "ON items BEGIN DELETE FROM items_fts WHERE rowid = OLD.id; "
         f"INSERT INTO items_fts (rowid, doc) VALUES (NEW.id, {new}); END",
-        f"INSERT INTO items_fts (rowid, doc) SELECT id, {document.format(r='items')} FROM items",
+        KEYWORD_FILL,
     ):
         db.conn.execute(statement)
 

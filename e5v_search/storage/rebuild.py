@@ -21,6 +21,7 @@ from . import faiss_ops as fx
 from . import ondisk, policy, segments
 from .catalog import MODALITIES
 from .catalog_reads import READ_CHUNK
+from .keywords import rebuild_keywords
 from .manifest import DEFAULT_FACTORY, IndexEntry
 from .phases import Phases
 
@@ -232,8 +233,8 @@ def rebuild_as_before(store, modality: str, reason: str | None = None) -> dict:
 def repair(store, report: dict) -> list[str]:
     """Mend what `verify` reported, under the writer lock, one line each: damaged index files
     rebuilt as they were; damaged rows marked to be embedded again by the next ingest of their
-    source; damaged manifest copies and commits.json written again; lost commits
-    acknowledged."""
+    source; a keyword index out of step or damaged made anew from the items; damaged manifest
+    copies and commits.json written again; lost commits acknowledged."""
     from .commits import describe
 
     catalog, said = store.catalog, []
@@ -256,6 +257,9 @@ def repair(store, report: dict) -> list[str]:
             for r in rows
         ]
     said += [f"catalog.sqlite: {line}" for line in report["catalog"]["integrity"]]
+    if report["catalog"]["keywords"]:
+        written = rebuild_keywords(catalog.conn)
+        said.append(f"keyword index: made anew from the items ({written:,} documents)")
     if report["commits"]:
         catalog.remember()
         said.append(f"{report['commits'].split(' (')[0]}: written again")

@@ -6,7 +6,8 @@ written, without the writer lock (it writes nothing), and `repair`'s list of wha
   at its save; a file saved before digests is checked by its probe only, and said so);
 - the catalog: SQLite's `PRAGMA integrity_check` (pages, b-trees, indexes), then every item row
   and vector blob against the CRC-32 written with it (rows written before checksums are counted
-  as unchecked);
+  as unchecked), then the keyword index against the items and FTS5's own check
+  (keywords.keyword_damage);
 - commits the catalog lost (commits.py), and modalities found DAMAGED on open.
 
 A writer may replace files while this runs (they are never changed, only replaced and then
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from . import commits
 from .integrity import damage_of, digest_damage
+from .keywords import keyword_damage
 from .manifest import Manifest, copy_problems
 
 _ATTEMPTS = 3
@@ -34,12 +36,15 @@ def verify(store) -> dict:
             break
     rows, checked, unchecked = store.catalog.damaged()
     integrity = [r[0] for r in store.catalog.conn.execute("PRAGMA integrity_check")]
+    keywords, keywords_checked = keyword_damage(store.catalog.conn, store.path / "catalog.sqlite")
     report = {
         "path": str(store.path),
         "manifest": copy_problems(store.path),
         "files": files,
         "catalog": {
             "integrity": [] if integrity == ["ok"] else integrity,
+            "keywords": keywords,
+            "keywords_checked": keywords_checked,  # FTS5's own check (not on read-only media)
             "rows": checked,
             "unchecked_rows": unchecked,
             "damaged_rows": [{"id": i, "source": s, "problem": p} for i, s, p in rows],
@@ -92,6 +97,7 @@ def problems(report: dict) -> list[str]:
     lines += [f["problem"] for f in report["files"] if f["problem"]]
     catalog = report["catalog"]
     lines += [f"catalog.sqlite: {line}" for line in catalog["integrity"]]
+    lines += catalog["keywords"]
     lines += [f"item {r['id']} ({r['source']}): {r['problem']}" for r in catalog["damaged_rows"]]
     lines += [f"lost: {describe(lost)}" for lost in report["lost"]]
     lines += [report["commits"]] if report["commits"] else []
