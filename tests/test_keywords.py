@@ -3,12 +3,15 @@ a migration for catalogs made before it, SIGKILL mid-ingest), user text never FT
 BM25 ranking, reciprocal rank fusion, filters inside both sides and the score threshold;
 through the store, the engine, the CLI and HTTP."""
 
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from e5v_search.storage.store import Store
 from e5v_search.testing import clustered_vectors
 
 DIM = 32
+FIXTURES = Path(__file__).parent / "fixtures"
 SPEC = Spec(model="m", revision=None, dim=DIM, dtype="float32", prompt_version="e5v-1")
 NOTES = [
     "Invoice XK-2291-B from Lindqvist Trading AB",
@@ -393,3 +397,22 @@ def test_verify_names_a_keyword_index_out_of_step_and_repair_makes_it_anew(tmp_p
         new = [{"modality": "text", "source": "/n", "text": "a new XK-2291-B"}]
         store.add(new, clustered_vectors(1, DIM, seed=9), SPEC)  # the triggers still work
     _in_step(path)
+
+
+def test_an_index_made_by_the_release_before_is_migrated(tmp_path):
+    """A real index of the release before keyword search (tests/fixtures, its README says how
+    it was made): the first open indexes its items, the CLI finds them by words, verify finds
+    it whole."""
+    path = tmp_path / "old"
+    shutil.copytree(FIXTURES / "index-before-keywords", path)
+    conn = sqlite3.connect(path / "catalog.sqlite")
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_fts'").fetchone()
+    conn.close()
+    runner = CliRunner()
+    for query, source in (("XK-2291-B", "/notes.txt"), ("canon summer", "red-boat.jpg")):
+        args = ["search", query, "--mode", "keyword", "--json", "--index", str(path)]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output.splitlines()[0])["source"].endswith(source)
+    _in_step(path)
+    assert runner.invoke(cli, ["verify", "--index", str(path)]).exit_code == 0
