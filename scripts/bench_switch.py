@@ -5,6 +5,7 @@ faiss_ops.TRAINING), side by side in one run on one catalog.
 
     python scripts/bench_switch.py --n 100000 --record
     python scripts/bench_switch.py --n 5000 --factory IVF64,PQ64     # a quick look
+    python scripts/bench_switch.py --n 1000000 --variants bounded --record
 
 bench_scale.py's synthetic 4096-d vectors (a shared mean direction, 64 topics, bursts of 20
 near neighbours), stored in float16 as E5-V's GPU ingest stores them. Each variant builds the
@@ -32,6 +33,7 @@ from e5v_search.storage.search import search_modality
 from e5v_search.storage.store import Store
 
 QUERIES = 100
+VARIANTS = {"faiss": ("FAISS's", fx.FAISS_TRAINING), "bounded": ("bounded", fx.TRAINING)}
 CHUNK = 1000
 
 
@@ -84,6 +86,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--factory", help="the type to switch to [what the policy picks at n]")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="which trainings to run [both; FAISS's adds ~10 min of codebooks at PQ512 here]",
+    )
     parser.add_argument("--record", action="store_true", help="write into docs/benchmarks.md")
     args = parser.parse_args()
     lists = ondisk._nlist(args.n)
@@ -98,7 +107,7 @@ def main() -> None:
         queries = vectors(args.n, QUERIES, args.dim, bursts=bursts, seed=1)
         _, exact = fx.exact_search(queries, store.catalog.iter_vectors("image"), 10)
         runs = {}
-        for name, training in (("FAISS's", fx.FAISS_TRAINING), ("bounded", fx.TRAINING)):
+        for name, training in (VARIANTS[variant] for variant in args.variants):
             print(f"{name}: {factory}, {training}", flush=True)
             runs[name] = variant(store, factory, training, queries, exact)
             print(f"  {runs[name]}", flush=True)
@@ -110,20 +119,24 @@ def main() -> None:
         f"{r['reranked']:.3f} |"
         for name, r in runs.items()
     ]
-    ratio = runs["FAISS's"]["seconds"] / runs["bounded"]["seconds"]
+    ratio = ""
+    if len(runs) == 2:
+        times = runs["FAISS's"]["seconds"] / runs["bounded"]["seconds"]
+        ratio = f"The bounded switch is {times:.1f}x faster. "
+    command = " ".join(sys.argv[1:])
     table = "\n".join(
         [
             f"A switch to {factory} (lists on disk) at {args.n:,} synthetic {args.dim}-d "
-            f"vectors (bench_scale.py's), both variants in one run on one catalog; recall@10 "
-            f"of {QUERIES} queries against exact search. Machine: {machine('cpu')}, shared "
-            f"with other work. `python scripts/bench_switch.py --n {args.n}`.",
+            f"vectors (bench_scale.py's), {' and '.join(runs)} training in one run on one catalog; "
+            f"recall@10 of {QUERIES} queries against exact search. Machine: "
+            f"{machine('cpu')}. `python scripts/bench_switch.py {command}`.",
             "",
             "| codebooks trained | trained on | reading (s) | training (s) | adding (s) "
             "| merging (s) | switch (s) | recall@10 alone | re-ranked (100) |",
             "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"The bounded switch is {ratio:.1f}x faster. FAISS's: 256 points a centroid, "
+            f"{ratio}FAISS's: 256 points a centroid, "
             "every thread; bounded: 64 points a centroid, one thread for the codebooks (the "
             "IVF k-means on every thread, the same sample in both).",
         ]
