@@ -19,6 +19,7 @@ give the same embeddings), a complete processor config, left padding and fp32 we
 from __future__ import annotations
 
 import json
+import random
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -382,3 +383,28 @@ def index_file(folder: str | Path, modality: str, part: str = "delta") -> Path:
     entry = json.loads((Path(folder) / "manifest.json").read_text())["indexes"][modality]
     name = f"{entry['segments'][0]}.faiss" if part == "segment" else entry[part]
     return Path(folder) / name
+
+
+# Rare terms (keyword and hybrid search): bench_hybrid.py and tests/test_quality.py.
+GIVEN = ["Åke", "Britt", "Cecilia", "Dag", "Elin", "Folke", "Gun", "Hans", "Ingrid", "Jöns"]
+FIRST = ["Lind", "Berg", "Holm", "Sjö", "Ek", "Dahl", "Ström", "Nord", "Fager", "Al"]
+SECOND = ["qvist", "gren", "berg", "ström", "lund", "man", "dal", "blad"]
+FILLER = ["payment due in 30 days", "shipped by truck", "paid by card", "see the attached list"]
+
+
+def rare_term_notes(n: int, seed: int = 0):
+    """(notes, queries): each note holds a code, a name and an order number no other holds;
+    queries are (kind, text, the note's index)."""
+    rng = random.Random(seed)
+    names = [f"{g} {a}{b}" for g in GIVEN for a in FIRST for b in SECOND]
+    rng.shuffle(names)
+    codes, notes, queries = set(), [], []
+    while len(codes) < n:
+        letters = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(2))
+        codes.add(f"{letters}-{rng.randrange(1000, 9999)}-{rng.choice('ABCDEF')}")
+    for i, code in enumerate(sorted(codes)):
+        number = str(100000 + 37 * i)
+        name = names[i % len(names)]
+        notes.append(f"Invoice {code} from {name}, order {number}, {rng.choice(FILLER)}")
+        queries += [("code", code, i), ("name", name, i), ("number", number, i)]
+    return notes, queries

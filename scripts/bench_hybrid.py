@@ -20,7 +20,6 @@ migration takes to index a catalog made before it.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import sqlite3
 import sys
@@ -34,31 +33,9 @@ from benchlib import machine, record
 from e5v_search.engine import Engine
 from e5v_search.spec import Spec
 from e5v_search.storage.store import Store
-from e5v_search.testing import clustered_vectors, make_sample_corpus
+from e5v_search.testing import clustered_vectors, make_sample_corpus, rare_term_notes
 
-GIVEN = ["Åke", "Britt", "Cecilia", "Dag", "Elin", "Folke", "Gun", "Hans", "Ingrid", "Jöns"]
-FIRST = ["Lind", "Berg", "Holm", "Sjö", "Ek", "Dahl", "Ström", "Nord", "Fager", "Al"]
-SECOND = ["qvist", "gren", "berg", "ström", "lund", "man", "dal", "blad"]
-FILLER = ["payment due in 30 days", "shipped by truck", "paid by card", "see the attached list"]
 WRITE_CHUNK = 10_000
-
-
-def rare_term_notes(n: int, seed: int = 0):
-    """(notes, queries): each note holds a code, a name and an order number no other holds;
-    queries are (kind, text, the note's index)."""
-    rng = random.Random(seed)
-    names = [f"{g} {a}{b}" for g in GIVEN for a in FIRST for b in SECOND]
-    rng.shuffle(names)
-    codes, notes, queries = set(), [], []
-    while len(codes) < n:
-        letters = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(2))
-        codes.add(f"{letters}-{rng.randrange(1000, 9999)}-{rng.choice('ABCDEF')}")
-    for i, code in enumerate(sorted(codes)):
-        number = str(100000 + 37 * i)
-        name = names[i % len(names)]
-        notes.append(f"Invoice {code} from {name}, order {number}, {rng.choice(FILLER)}")
-        queries += [("code", code, i), ("name", name, i), ("number", number, i)]
-    return notes, queries
 
 
 def quality(model: Path, folder: Path, notes: int, shapes: bool) -> list[str]:

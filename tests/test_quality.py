@@ -17,7 +17,7 @@ from PIL import Image
 from e5v_search.cli import cli
 from e5v_search.engine import Engine
 from e5v_search.serving.app import create_app
-from e5v_search.testing import draw_shape, make_sample_corpus
+from e5v_search.testing import draw_shape, make_sample_corpus, rare_term_notes
 from e5v_search.training import caption
 
 
@@ -161,3 +161,24 @@ def test_an_uploaded_new_drawing_finds_its_caption(engine):
             hits += body.json()["results"][0]["text"] == caption(*combo)
     app.state.worker.close()
     assert hits >= 4, hits  # measured 6 of 6
+
+
+def test_rare_terms_are_found_first_by_keyword_and_hybrid(tmp_path, trained_dir):
+    """Invoices holding a code, a name and an order number each (bench_hybrid.py's corpus):
+    searched by one of them alone, the note holding it comes first by keyword and by hybrid
+    search, which the vectors of a model that knows only shapes cannot do."""
+    notes, queries = rare_term_notes(60)
+    (tmp_path / "notes.txt").write_text("\n".join(notes) + "\n")
+    with Engine.open(tmp_path / "ix", model=str(trained_dir), device="cpu", create=True) as e:
+        e.ingest([tmp_path / "notes.txt"], progress=False)
+        for mode in ("keyword", "hybrid"):
+            missed = [
+                (kind, text)
+                for kind, text, i in queries
+                if e.search(text, k=1, modality="text", mode=mode)[0].text != notes[i]
+            ]
+            assert not missed, (mode, missed)
+        vector = [
+            e.search(text, k=1, modality="text")[0].text == notes[i] for _, text, i in queries
+        ]
+        assert np.mean(vector) < 0.5  # the shapes model knows no invoices: words do the work
