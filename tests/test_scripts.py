@@ -74,3 +74,11 @@ def test_bench_hybrid_runs_at_a_tiny_size(tmp_path, tiny_dir):
     for mode in ("vector", "keyword", "hybrid"):
         assert f"| 300 | {mode} |" in result.stdout
     assert "bytes per item" in result.stdout
+
+
+def test_bench_switch_runs_one_training_at_a_small_size():
+    args = ["--n", "3000", "--dim", "64", "--factory", "IVF16,PQ8", "--variants", "bounded"]
+    result = _run("scripts/bench_switch.py", *args)
+    assert result.returncode == 0, result.stderr
+    assert "| bounded | 3,000 |" in result.stdout and "| FAISS's |" not in result.stdout
+    assert "x faster" not in result.stdout  # a ratio needs both
