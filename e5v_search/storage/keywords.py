@@ -84,8 +84,8 @@ def _matching(catalog, expression, k, modality, where, params, among) -> list:
 def pooled(store, query, text: str, k: int, modality, where, params):
     """The two rankings a hybrid search fuses, over one pool of candidates: each side's best
     `candidates(k)`, then every pooled item ranked by its exact cosine (from its stored vector,
-    so an item only the words found still gets its place on the vector side) and, if it holds
-    any of the words at all, by BM25. A damaged stored vector leaves its item off the vector
+    so an item only the words found still gets its place on the vector side) and, if it is a
+    keyword match (keyword_search), by BM25. A damaged stored vector leaves its item off the vector
     side (named in the catalog's damaged_rows)."""
     depth = candidates(k)
     found = search(store, query, depth, modality, where, params, None)[0]
