@@ -94,18 +94,19 @@ def search_settings(index) -> dict:
 @dataclass(frozen=True)
 class Training:
     """How PQ codebooks are trained. FAISS's own way (FAISS_TRAINING) trains each of the M
-    sub-quantizers (256 centroids) on 256 points a centroid, 65,536 residuals, with every
-    OpenMP thread: for PQ512 that is 512 small k-means whose parallel regions cost more than
-    they share out on a busy CPU (PQ512 at 100k vectors: most of an 8-9 minute switch here,
-    docs/benchmarks.md). Here: 64 points a centroid (FAISS warns below 39) and one thread
-    for the codebooks; the IVF lists' k-means (large matrix products) keeps every thread."""
+    sub-quantizers (256 centroids) on 256 points a centroid, 65,536 residuals: for PQ512 that
+    is 512 small k-means, most of a switch's training at 100k vectors (docs/benchmarks.md).
+    Here 64 points a centroid (FAISS warns below 39), on every thread: one thread for the
+    codebooks (ONE_THREAD, what switches did before) won on a 2-core machine at load 10 but
+    took twice as long on a quiet one (bench_switch.py)."""
 
     codebook_points: int = 64  # per centroid; OPQ's rotation is trained on as many
-    codebook_threads: int | None = 1  # None: one index.train with FAISS's threads
+    codebook_threads: int | None = None  # None: one index.train with FAISS's threads
 
 
 TRAINING = Training()
-FAISS_TRAINING = Training(codebook_points=256, codebook_threads=None)
+FAISS_TRAINING = Training(codebook_points=256)
+ONE_THREAD = Training(codebook_threads=1)
 
 
 def train(index, vectors: np.ndarray, factory: str, training: Training = TRAINING) -> None:
