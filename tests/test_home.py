@@ -4,6 +4,8 @@ a failed first ingest leaves nothing behind; and the Python API refuses what it 
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from e5v_search.cli import cli
 from e5v_search.config import index_home, index_path
 from e5v_search.engine import Engine
 from e5v_search.errors import InputError
+from e5v_search.storage.store import Store
 
 
 @pytest.fixture
@@ -80,6 +83,45 @@ def test_a_failed_first_ingest_leaves_nothing_behind(home, tiny_dir):
     assert failed.exit_code == 1 and "cannot load an E5-V model" in failed.output
     assert not (home / "home").exists() and not Path("deep").exists()
     assert sorted(os.listdir()) == ["photos"]
+
+
+# A process that creates an index and is killed (SIGKILL) before its first commit.
+CREATOR = (
+    "import sys, time\n"
+    "from e5v_search.storage.store import Store\n"
+    "store = Store.open(sys.argv[1], create=True)\n"
+    "print('created', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _killed_creator(path: Path) -> None:
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATOR, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert creator.stdout.readline() == "created\n"
+        with Store.open(path) as store:  # its creator is alive: an empty index, left alone
+            assert store.catalog.count() == 0
+        assert (path / "catalog.sqlite").is_file()
+    finally:
+        creator.kill()
+        creator.wait(30)
+    assert (path / "catalog.sqlite").is_file()  # nothing could remove it
+
+
+def test_an_index_whose_creator_was_killed_before_a_commit_is_gone_at_the_next_open(home, tiny_dir):
+    _killed_creator(index_path("killed"))
+    info = CliRunner().invoke(cli, ["info", "--index", "killed"])
+    assert info.exit_code != 0 and "no index at" in info.output, info.output
+    assert not index_path("killed").exists()
+    mine = home / "mine"  # a folder the user made: left as it was, empty, and usable
+    mine.mkdir()
+    _killed_creator(mine)
+    made = CliRunner().invoke(cli, ["ingest", "photos", "--index", str(mine)], env=_env(tiny_dir))
+    assert made.exit_code == 0, made.output
+    info = CliRunner().invoke(cli, ["info", "--index", str(mine)])
+    assert info.exit_code == 0 and "2 images" in info.stdout
 
 
 def test_an_index_in_the_old_place_is_still_found_and_said_where(home, tiny_dir):

@@ -73,19 +73,24 @@ def test_opening_a_catalog_another_process_is_creating_waits_for_it(tmp_path):
     code = (
         "import sys, time\nfrom pathlib import Path\n"
         "from e5v_search.storage.catalog import Catalog\n"
-        "from e5v_search.storage.locking import WriterLock\n"
+        "from e5v_search.storage.locking import CreationHold, WriterLock\n"
         f"path = Path({str(path)!r})\npath.mkdir()\n"
+        "hold = CreationHold(path)\n"  # as Store.open(create=True) does, until its close
         "with WriterLock(path, 'creation'):\n"
         "    (path / 'catalog.sqlite').write_bytes(b'')\n"
         "    print('empty', flush=True)\n"
         "    time.sleep(2)\n"
         "    (path / 'catalog.sqlite').unlink()\n"
         "    Catalog(path / 'catalog.sqlite').close()\n"
+        "sys.stdin.readline()\n"
     )
-    creator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    creator = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert creator.stdout.readline().strip() == "empty"
     with Store.open(path) as store:  # waited for the creator, then found a whole catalog
         assert store.catalog.count() == 0
+    creator.stdin.close()
     assert creator.wait(timeout=30) == 0
 
 

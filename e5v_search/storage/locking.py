@@ -5,6 +5,10 @@ migration). Readers (search, info, serve) never take it.
 The OS releases a flock when its process dies, SIGKILL included, so a lock is never left stale.
 The holder writes who it is (pid, what it does, since when) into the lock file, so a second
 writer can say whom it waits for and, after its timeout, name the holder in its error.
+
+A process that creates an index holds a shared flock on its folder until it closes it
+(CreationHold): an index with nothing committed that no one holds so was left by a creator
+that died before its first commit (SIGKILL), which the next open removes.
 """
 
 from __future__ import annotations
@@ -108,3 +112,28 @@ def _describe(fd: int) -> str:
         return "another process"
     purpose, since, pid = who.get("purpose", "write"), who.get("since"), who.get("pid")
     return f"the {purpose} started at {since} by pid {pid} ({who.get('command', '?')})"
+
+
+class CreationHold:
+    """A shared flock on an index folder, held by the process that created it while it is open."""
+
+    def __init__(self, directory: Path):
+        self._fd: int | None = os.open(directory, os.O_RDONLY)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    @staticmethod
+    def held(directory: Path) -> bool:
+        """Whether a process that created `directory` still has it open."""
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)

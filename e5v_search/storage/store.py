@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..closing import Closing
-from ..config import HYBRID_WEIGHT, RRF_K
+from ..config import HYBRID_WEIGHT, RRF_K, index_home
 from ..errors import IndexBusyError, IndexDamagedError, IndexNotFoundError, InputError
 from ..spec import Spec
 from . import faiss_ops as fx
@@ -33,7 +34,7 @@ from .blobs import as_stored
 from .catalog import MODALITIES, Catalog, now
 from .integrity import catalog_damage
 from .keywords import fuse, keyword_search, pooled
-from .locking import WriterLock
+from .locking import CreationHold, WriterLock
 from .manifest import DEFAULT_FACTORY
 from .problems import write_error
 from .search import Hit, check_request, recall, search
@@ -63,6 +64,16 @@ def _refuse_foreign(path: Path) -> Path | None:
     return first
 
 
+def _clear(folder: Path) -> None:
+    """Remove what is in `folder`."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
 class Store(Closing):
     def __init__(self, path: Path, catalog: Catalog, opened: loading.Opened):
         self.path = path
@@ -75,6 +86,7 @@ class Store(Closing):
         self._state = threading.RLock()  # searches vs a refresh, in a threaded server
         self._need = 0  # bytes the write in progress needs (a full disk's message)
         self.created: Path | None = None  # the first folder this open made, until a commit
+        self.hold: CreationHold | None = None  # while this open is the index's creator
 
     def _take(self, opened: loading.Opened) -> None:
         self.manifest = opened.manifest
@@ -97,23 +109,54 @@ class Store(Closing):
                 f"no index at {path}: create one with `e5v-search ingest SOURCES --index "
                 f"{path}` (or Store.open(path, create=True))"
             )
-        created = None if exists else _refuse_foreign(path)
+        created = hold = None
+        if not exists:
+            created = _refuse_foreign(path)
+            path.mkdir(parents=True, exist_ok=True)
+            hold = CreationHold(path)  # before the catalog exists: no opener takes it as left
         try:
-            catalog = loading.open_catalog(path, exists, lock_timeout, on_wait)
-            store = cls(path, catalog, loading.open_indexes(path, catalog))
-        except sqlite3.DatabaseError as error:
-            raise IndexDamagedError(catalog_damage(path / CATALOG, error)) from error
+            try:
+                catalog = loading.open_catalog(path, exists, lock_timeout, on_wait)
+                store = cls(path, catalog, loading.open_indexes(path, catalog))
+            except sqlite3.DatabaseError as error:
+                raise IndexDamagedError(catalog_damage(path / CATALOG, error)) from error
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
         store.lock_timeout, store.on_wait = lock_timeout, on_wait
-        store.created = created
+        store.created, store.hold = created, hold
+        if exists and store._left_behind():
+            return cls.open(path, create, lock_timeout, on_wait)  # it is gone: create or say
         for line in store.repairs:
             log.warning("%s: %s", path, line)
         return store
+
+    def _left_behind(self) -> bool:
+        """Remove this index when a creator that died before its first commit left it (nothing
+        committed, no creator holding it, no writer) and say whether it was removed."""
+        if not self._nothing_committed() or not os.access(self.path, os.W_OK):
+            return False
+        with contextlib.suppress(IndexBusyError), WriterLock(self.path, "removal", 0):
+            if not CreationHold.held(self.path) and self._nothing_committed():
+                log.warning(
+                    "%s: removed the empty index a first ingest left when it stopped before "
+                    "its first commit",
+                    self.path,
+                )
+                self.catalog.close()
+                _clear(self.path)
+                if self.path.parent == index_home():  # a named index's folder is ours
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()
+                return not (self.path / CATALOG).exists()
+        return False
 
     def close(self) -> None:
         """Close the catalog; an index this open created and nothing was committed to (a first
         ingest that failed or found nothing) is removed with the folders made for it."""
         try:
-            if self.created is not None and self.path.is_dir():
+            if self.hold is not None and self.path.is_dir():
                 with contextlib.suppress(IndexBusyError):  # another process is writing it
                     with WriterLock(self.path, "removal", 0):
                         if self._nothing_committed():
@@ -122,6 +165,9 @@ class Store(Closing):
             self.created = None
         finally:
             self.catalog.close()
+            if self.hold is not None:
+                self.hold.release()
+                self.hold = None
 
     def _nothing_committed(self) -> bool:
         """No item, no error, no commit, and no folder made inside (an evaluation's gallery)."""
@@ -131,8 +177,13 @@ class Store(Closing):
         return not any(entry.is_dir() for entry in self.path.iterdir())
 
     def _remove_created(self) -> None:
-        """This index's folder, then the folders made for it while they are empty."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """This index's files; then its folder and the folders made for it, if this open made
+        them, while they are empty (a folder given empty is left empty)."""
+        _clear(self.path)
+        if self.created is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
         folder = self.path
         while folder != self.created and self.created in folder.parents:
             folder = folder.parent
