@@ -124,6 +124,24 @@ def test_an_index_whose_creator_was_killed_before_a_commit_is_gone_at_the_next_o
     assert info.exit_code == 0 and "2 images" in info.stdout
 
 
+def test_a_creator_giving_up_leaves_the_index_another_is_creating(home):
+    """Two first ingests into one new index: one fails at once (a typo) while the other is
+    still loading its model; the index stays for the other, and the last one out takes it."""
+    path = index_path("shared")
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATOR, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert creator.stdout.readline() == "created\n"
+        Store.open(path, create=True).close()  # the one that gave up
+        assert (path / "catalog.sqlite").is_file()
+    finally:
+        creator.kill()
+        creator.wait(30)
+    Store.open(path, create=True).close()
+    assert not path.exists()
+
+
 def test_an_index_in_the_old_place_is_still_found_and_said_where(home, tiny_dir):
     env = _env(tiny_dir)
     old = CliRunner().invoke(cli, ["ingest", "photos", "--index", "./indexes/legacy"], env=env)

@@ -6,9 +6,10 @@ The OS releases a flock when its process dies, SIGKILL included, so a lock is ne
 The holder writes who it is (pid, what it does, since when) into the lock file, so a second
 writer can say whom it waits for and, after its timeout, name the holder in its error.
 
-A process that creates an index holds a shared flock on its folder until it closes it
-(CreationHold): an index with nothing committed that no one holds so was left by a creator
-that died before its first commit (SIGKILL), which the next open removes.
+A process that opens an index to create it holds a shared flock on its folder until it closes
+it (CreationHold): an index with nothing committed that no one holds was left by a creator that
+died before its first commit (SIGKILL), which the next open removes; a creator that closes with
+nothing committed removes the index only when it holds the folder alone.
 """
 
 from __future__ import annotations
@@ -115,11 +116,19 @@ def _describe(fd: int) -> str:
 
 
 class CreationHold:
-    """A shared flock on an index folder, held by the process that created it while it is open."""
+    """A shared flock on an index folder, held while a process has it open to create it."""
 
     def __init__(self, directory: Path):
         self._fd: int | None = os.open(directory, os.O_RDONLY)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def alone(self) -> bool:
+        """Whether no other process holds the folder (this hold becomes exclusive if so)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
     def release(self) -> None:
         if self._fd is not None:

@@ -86,7 +86,7 @@ class Store(Closing):
         self._state = threading.RLock()  # searches vs a refresh, in a threaded server
         self._need = 0  # bytes the write in progress needs (a full disk's message)
         self.created: Path | None = None  # the first folder this open made, until a commit
-        self.hold: CreationHold | None = None  # while this open is the index's creator
+        self.hold: CreationHold | None = None  # while this open may create the index
 
     def _take(self, opened: loading.Opened) -> None:
         self.manifest = opened.manifest
@@ -128,6 +128,8 @@ class Store(Closing):
         store.created, store.hold = created, hold
         if exists and store._left_behind():
             return cls.open(path, create, lock_timeout, on_wait)  # it is gone: create or say
+        if exists and create:  # one of its creators too: no other removes it while this is open
+            store.hold = CreationHold(path)
         for line in store.repairs:
             log.warning("%s: %s", path, line)
         return store
@@ -153,13 +155,14 @@ class Store(Closing):
         return False
 
     def close(self) -> None:
-        """Close the catalog; an index this open created and nothing was committed to (a first
-        ingest that failed or found nothing) is removed with the folders made for it."""
+        """Close the catalog; an index this open may create (create=True) that nothing was
+        committed to (a first ingest that failed or found nothing) is removed with the folders
+        made for it, unless another process opened it to create it too."""
         try:
             if self.hold is not None and self.path.is_dir():
                 with contextlib.suppress(IndexBusyError):  # another process is writing it
                     with WriterLock(self.path, "removal", 0):
-                        if self._nothing_committed():
+                        if self._nothing_committed() and self.hold.alone():
                             self.catalog.close()
                             self._remove_created()
             self.created = None
@@ -181,6 +184,9 @@ class Store(Closing):
         them, while they are empty (a folder given empty is left empty)."""
         _clear(self.path)
         if self.created is None:
+            if self.path.parent == index_home():  # a named index's folder is ours
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             return
         with contextlib.suppress(OSError):
             self.path.rmdir()
