@@ -124,11 +124,7 @@ class CreationHold:
 
     def alone(self) -> bool:
         """Whether no other process holds the folder (this hold becomes exclusive if so)."""
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        return _exclusive(self._fd)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -140,9 +136,15 @@ class CreationHold:
         """Whether a process that created `directory` still has it open."""
         fd = os.open(directory, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
+            return not _exclusive(fd)
         finally:
             os.close(fd)
+
+
+def _exclusive(fd: int) -> bool:
+    """Take an exclusive flock on `fd` if no one else holds one; whether it was taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

@@ -147,10 +147,7 @@ class Store(Closing):
                     self.path,
                 )
                 self.catalog.close()
-                _clear(self.path)
-                if self.path.parent == index_home():  # a named index's folder is ours
-                    with contextlib.suppress(OSError):
-                        self.path.rmdir()
+                self._remove_created()
                 return not (self.path / CATALOG).exists()
         return False
 
